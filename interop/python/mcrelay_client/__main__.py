@@ -1,0 +1,110 @@
+"""Command line: ``python3 -m mcrelay_client {listen,send} --server HOST:PORT ...``.
+
+``listen`` prints one line per event and flushes after each:
+``[id] text``, ``* id joined``, ``* id left (reason)``, ``* server closing``.
+It sends KEEPALIVE periodically, says BYE on Ctrl-C/SIGTERM and exits 0
+after ``* server closing``. ``send`` connects, sends MESSAGE, says BYE and
+exits 0. Errors print one line to stderr and exit 1.
+"""
+
+import argparse
+import signal
+import sys
+import time
+
+from . import errors, events
+from .client import Client
+
+
+def _server(text: str):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT")
+    return host, int(port)
+
+
+def _client(args) -> Client:
+    token = None
+    if args.token_file:
+        with open(args.token_file, "rb") as f:
+            token = f.read().rstrip(b"\r\n")
+    return Client(server=args.server, group=args.group, iface=args.iface, token=token,
+                  pin=args.pin, max_datagram=args.max_datagram, timeout=args.timeout)
+
+
+def _format(ev) -> str:
+    if isinstance(ev, events.Message):
+        return f"[{ev.sender}] {ev.body.decode('utf-8', 'replace')}"
+    if isinstance(ev, events.PeerJoined):
+        return f"* {ev.id} joined"
+    if isinstance(ev, events.PeerLeft):
+        return f"* {ev.id} left ({ev.reason_name})"
+    if isinstance(ev, events.ServerClosing):
+        return "* server closing"
+    return f"* {ev!r}"
+
+
+def _listen(c: Client, keepalive: float) -> int:
+    c.connect()
+    print(f"connected as {c.client_id}, server key {c.fingerprint}", file=sys.stderr, flush=True)
+    next_keepalive = time.monotonic() + keepalive
+    try:
+        while True:
+            ev = c.recv(max(0.0, next_keepalive - time.monotonic()))
+            if time.monotonic() >= next_keepalive:
+                c.keepalive()
+                next_keepalive = time.monotonic() + keepalive
+            if ev is None:
+                continue
+            if isinstance(ev, events.Rejected):
+                print(f"error: rejected by server: {ev.reason_name}", file=sys.stderr, flush=True)
+                return 1
+            print(_format(ev), flush=True)
+            if isinstance(ev, events.ServerClosing):
+                return 0
+    except KeyboardInterrupt:
+        c.bye()
+        return 0
+
+
+def _send(c: Client, message: str) -> int:
+    c.connect()
+    c.send(message.encode())
+    c.bye()
+    return 0
+
+
+def main(argv=None) -> int:
+    """Runs the CLI; returns the exit status."""
+    p = argparse.ArgumentParser(prog="python3 -m mcrelay_client", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("listen", "send"):
+        s = sub.add_parser(name)
+        s.add_argument("--server", type=_server, required=True, metavar="HOST:PORT")
+        s.add_argument("--group", help="send by multicast to GROUP:PORT instead")
+        s.add_argument("--iface", default="127.0.0.1", help="local interface (default 127.0.0.1)")
+        s.add_argument("--token-file", metavar="F", help="file holding the access token")
+        s.add_argument("--pin", metavar="HEX", help="expected SHA-256 of the server key (hex)")
+        s.add_argument("--max-datagram", type=int, default=1200)
+        s.add_argument("--timeout", type=float, default=5.0, help="handshake timeout, seconds")
+        if name == "listen":
+            s.add_argument("--keepalive", type=float, default=20.0, help="seconds between KEEPALIVEs")
+        else:
+            s.add_argument("message")
+    args = p.parse_args(argv)
+    # SIGTERM leaves like Ctrl-C does (with a BYE).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with _client(args) as c:
+            if args.cmd == "listen":
+                return _listen(c, args.keepalive)
+            return _send(c, args.message)
+    except (errors.McrelayError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""mcrelay wire protocol v1: framing, fragments and the anti-replay window.
+
+Pure functions and small classes, no sockets, no cryptography. The contract
+is ``protocol-v1.md``; section numbers below refer to it.
+
+Parsing is strict (§2): a TLV whose length runs past the end of the buffer,
+or 1-3 trailing bytes, make the whole buffer :class:`Malformed`.
+"""
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+# --- Outer (datagram-level) types, §3 ---------------------------------------
+HELLO = 0x0001
+SERVER_KEY = 0x0002
+SESSION_KEY = 0x0003
+WELCOME = 0x0004
+DATA = 0x0005
+FRAGMENT = 0x0006
+KEEPALIVE = 0x0007
+BYE = 0x0008
+REJECT = 0x0009
+COOKIE = 0x000A
+
+# --- Inner (token plaintext) types, §4 --------------------------------------
+SEQ = 0x0101
+BODY = 0x0102
+SENDER_ID = 0x0103
+CLIENT_ID = 0x0104
+PEER_JOINED = 0x0105
+PEER_LEFT = 0x0106
+REASON = 0x0107
+SERVER_CLOSING = 0x0108
+
+# --- REJECT reasons (u8) ------------------------------------------------------
+UNKNOWN_SESSION = 1
+AUTH_FAILED = 2
+SERVER_FULL = 3
+BAD_COOKIE = 4
+REJECT_NAMES = {
+    UNKNOWN_SESSION: "UNKNOWN_SESSION",
+    AUTH_FAILED: "AUTH_FAILED",
+    SERVER_FULL: "SERVER_FULL",
+    BAD_COOKIE: "BAD_COOKIE",
+}
+
+# --- PEER_LEFT reasons (REASON u8) ---------------------------------------------
+LEFT_BYE = 1
+LEFT_TIMEOUT = 2
+LEFT_KICKED = 3
+LEFT_SHUTDOWN = 4
+LEFT_NAMES = {
+    LEFT_BYE: "bye",
+    LEFT_TIMEOUT: "timeout",
+    LEFT_KICKED: "kicked",
+    LEFT_SHUTDOWN: "server shutdown",
+}
+
+# --- Sizes ------------------------------------------------------------------
+VERSION = 1
+"""Protocol version carried in HELLO."""
+HELLO_LEN = 256
+"""Size of the HELLO datagram (the server ignores anything shorter)."""
+COOKIE_LEN = 16
+"""Length of the address-validation cookie."""
+FERNET_KEY_LEN = 44
+"""Length of a URL-safe base64 Fernet key."""
+MAX_ACCESS_TOKEN_LEN = 146
+"""Longest access token that fits next to the key in one RSA-2048 OAEP block."""
+TLV_HEADER_LEN = 4
+MAX_VALUE_LEN = 0xFFFF
+"""Largest value one TLV can carry (u16 length)."""
+DEFAULT_MAX_DATAGRAM = 1200
+"""Datagrams larger than this are sent as FRAGMENTs (§5.6)."""
+FRAGMENT_HEADER_LEN = 8
+"""msg_id u32 | index u16 | count u16, in front of each chunk."""
+FRAGMENT_OVERHEAD = TLV_HEADER_LEN + FRAGMENT_HEADER_LEN
+"""Bytes a FRAGMENT datagram spends on headers (12)."""
+
+_INNER_TYPES = range(SEQ, SERVER_CLOSING + 1)
+
+
+class Malformed(ValueError):
+    """A buffer breaks the framing or inner-TLV rules; drop it whole."""
+
+
+# --- TLV framing, §2 --------------------------------------------------------
+
+def encode_tlv(kind: int, value: bytes) -> bytes:
+    """Encodes one TLV: ``type u16 BE | length u16 BE | value``.
+
+    Raises ``ValueError`` if ``kind`` is not a u16 or ``value`` is longer
+    than 65535 bytes.
+    """
+    if not 0 <= kind <= 0xFFFF:
+        raise ValueError(f"TLV type {kind} is not a u16")
+    if len(value) > MAX_VALUE_LEN:
+        raise ValueError(f"TLV value of {len(value)} bytes exceeds {MAX_VALUE_LEN}")
+    return struct.pack(">HH", kind, len(value)) + bytes(value)
+
+
+def encode_tlvs(tlvs: Iterable[Tuple[int, bytes]]) -> bytes:
+    """Encodes ``(type, value)`` pairs back to back."""
+    return b"".join(encode_tlv(k, v) for k, v in tlvs)
+
+
+def decode_tlvs(buf: bytes) -> List[Tuple[int, bytes]]:
+    """Decodes a TLV stream into ``(type, value)`` pairs, in order.
+
+    An empty buffer is an empty stream. Raises :class:`Malformed` if a TLV
+    runs past the end or 1-3 bytes trail.
+    """
+    out = []
+    pos, end = 0, len(buf)
+    while pos < end:
+        if end - pos < TLV_HEADER_LEN:
+            raise Malformed(f"{end - pos} trailing bytes")
+        kind, length = struct.unpack_from(">HH", buf, pos)
+        pos += TLV_HEADER_LEN
+        if end - pos < length:
+            raise Malformed(f"TLV 0x{kind:04x} length {length} runs past the end")
+        out.append((kind, bytes(buf[pos:pos + length])))
+        pos += length
+    return out
+
+
+def encode_u64(v: int) -> bytes:
+    """A u64 big-endian (the SEQ value)."""
+    return struct.pack(">Q", v)
+
+
+def hello_datagram() -> bytes:
+    """The HELLO datagram: version byte 1, zero padding, exactly 256 bytes."""
+    value = bytes([VERSION]) + bytes(HELLO_LEN - TLV_HEADER_LEN - 1)
+    return encode_tlv(HELLO, value)
+
+
+# --- Inner plaintext, §4 ----------------------------------------------------
+
+@dataclass
+class Inner:
+    """A validated token plaintext. ``fields`` maps each known inner type
+    present (other than SEQ) to its raw value."""
+
+    seq: int
+    fields: Dict[int, bytes]
+
+    def shape(self) -> frozenset:
+        """The set of known inner types present, SEQ excluded."""
+        return frozenset(self.fields)
+
+
+def encode_inner(seq: int, tlvs: Iterable[Tuple[int, bytes]] = ()) -> bytes:
+    """A plaintext: the SEQ TLV first, then ``tlvs``."""
+    return encode_tlv(SEQ, encode_u64(seq)) + encode_tlvs(tlvs)
+
+
+def parse_inner(plain: bytes) -> Inner:
+    """Parses a token plaintext.
+
+    Rules (§4): SEQ is mandatory and 8 bytes; each known inner type appears
+    at most once; REASON is one byte. Unknown types are skipped so later
+    versions can add fields. Raises :class:`Malformed` otherwise.
+    """
+    seq = None
+    fields: Dict[int, bytes] = {}
+    for kind, value in decode_tlvs(plain):
+        if kind not in _INNER_TYPES:
+            continue
+        if kind in fields or (kind == SEQ and seq is not None):
+            raise Malformed(f"inner type 0x{kind:04x} repeated")
+        if kind == SEQ:
+            if len(value) != 8:
+                raise Malformed("SEQ is not 8 bytes")
+            seq = struct.unpack(">Q", value)[0]
+        else:
+            if kind == REASON and len(value) != 1:
+                raise Malformed("REASON is not 1 byte")
+            fields[kind] = value
+    if seq is None:
+        raise Malformed("SEQ missing")
+    return Inner(seq, fields)
+
+
+# --- Fragmentation, §3 FRAGMENT and §5.6 ------------------------------------
+
+def split_datagram(payload: bytes, msg_id: int,
+                   max_datagram: int = DEFAULT_MAX_DATAGRAM) -> List[bytes]:
+    """Splits a datagram payload for sending.
+
+    Returns ``[payload]`` if it fits in ``max_datagram`` bytes; otherwise a
+    list of datagrams, each one FRAGMENT TLV of at most ``max_datagram``
+    bytes (``msg_id u32 | index u16 | count u16 | chunk``). Raises
+    ``ValueError`` if ``max_datagram`` leaves no room for a chunk or more
+    than 65535 fragments would be needed.
+    """
+    if len(payload) <= max_datagram:
+        return [bytes(payload)]
+    chunk = max_datagram - FRAGMENT_OVERHEAD
+    if chunk < 1:
+        raise ValueError(f"max_datagram {max_datagram} leaves no room for a chunk")
+    count = -(-len(payload) // chunk)
+    if count > 0xFFFF:
+        raise ValueError(f"{len(payload)} bytes need {count} fragments (max 65535)")
+    msg_id &= 0xFFFFFFFF
+    return [
+        encode_tlv(FRAGMENT, struct.pack(">IHH", msg_id, i, count)
+                   + payload[i * chunk:(i + 1) * chunk])
+        for i in range(count)
+    ]
+
+
+def parse_fragment(value: bytes) -> Tuple[int, int, int, bytes]:
+    """Splits a FRAGMENT value into ``(msg_id, index, count, chunk)``.
+
+    Raises :class:`Malformed` if the header is short, ``count`` is 0 or
+    ``index >= count``.
+    """
+    if len(value) < FRAGMENT_HEADER_LEN:
+        raise Malformed("FRAGMENT shorter than its header")
+    msg_id, index, count = struct.unpack_from(">IHH", value)
+    if count == 0 or index >= count:
+        raise Malformed(f"FRAGMENT index {index} out of range for count {count}")
+    return msg_id, index, count, bytes(value[FRAGMENT_HEADER_LEN:])
+
+
+class _Partial:
+    __slots__ = ("count", "chunks", "size", "expires")
+
+    def __init__(self, count: int, expires: float):
+        self.count = count
+        self.chunks: Dict[int, bytes] = {}
+        self.size = 0
+        self.expires = expires
+
+
+class Reassembler:
+    """Bounded reassembly of FRAGMENT values into datagram payloads.
+
+    Limits: at most ``max_partial`` incomplete messages, ``max_message``
+    bytes per message, ``max_total`` bytes buffered in all, ``max_age``
+    seconds from a message's first fragment. A duplicate or out-of-range
+    index, a count that disagrees with earlier fragments, or a message over
+    a limit drops that message; each drop adds one to :attr:`dropped`
+    (expired messages too). Messages are keyed by ``(source, msg_id)``.
+    """
+
+    def __init__(self, max_partial: int = 16, max_message: int = 256 * 1024,
+                 max_total: int = 1024 * 1024, max_age: float = 10.0):
+        self.max_partial = max_partial
+        self.max_message = max_message
+        self.max_total = max_total
+        self.max_age = max_age
+        self.dropped = 0
+        """Messages (or stray fragments) dropped so far."""
+        self._partials: Dict[tuple, _Partial] = {}
+        self._total = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes currently held in incomplete messages."""
+        return self._total
+
+    def __len__(self) -> int:
+        return len(self._partials)
+
+    def _discard(self, key) -> None:
+        p = self._partials.pop(key, None)
+        if p is not None:
+            self._total -= p.size
+        self.dropped += 1
+
+    def expire(self, now: Optional[float] = None) -> None:
+        """Drops incomplete messages older than ``max_age``."""
+        now = time.monotonic() if now is None else now
+        for key in [k for k, p in self._partials.items() if p.expires <= now]:
+            self._discard(key)
+
+    def add(self, value: bytes, source=None, now: Optional[float] = None) -> Optional[bytes]:
+        """Takes one FRAGMENT value; returns the whole payload when this
+        fragment completes it, else ``None``."""
+        now = time.monotonic() if now is None else now
+        self.expire(now)
+        if len(value) < FRAGMENT_HEADER_LEN:
+            self.dropped += 1
+            return None
+        msg_id, index, count = struct.unpack_from(">IHH", value)
+        chunk = bytes(value[FRAGMENT_HEADER_LEN:])
+        key = (source, msg_id)
+        p = self._partials.get(key)
+        if count == 0 or index >= count:
+            self._discard(key)
+            return None
+        if p is None:
+            if len(self._partials) >= self.max_partial:
+                self.dropped += 1
+                return None
+            p = self._partials[key] = _Partial(count, now + self.max_age)
+        elif p.count != count or index in p.chunks:
+            self._discard(key)
+            return None
+        if p.size + len(chunk) > self.max_message or self._total + len(chunk) > self.max_total:
+            self._discard(key)
+            return None
+        p.chunks[index] = chunk
+        p.size += len(chunk)
+        self._total += len(chunk)
+        if len(p.chunks) < p.count:
+            return None
+        del self._partials[key]
+        self._total -= p.size
+        return b"".join(p.chunks[i] for i in range(p.count))
+
+
+# --- Anti-replay window, §4 SEQ ---------------------------------------------
+
+class ReplayWindow:
+    """RFC 6479-style sliding window over received SEQ numbers.
+
+    Remembers the highest SEQ seen and which of the ``size`` SEQs below it
+    (inclusive) were seen. SEQ 0 is never valid (SEQs start at 1).
+    """
+
+    def __init__(self, size: int = 1024):
+        if size < 64:
+            raise ValueError("window must be at least 64")
+        self.size = size
+        self.top = 0
+        self._bits = 0  # bit i set: SEQ (top - i) seen
+
+    def check(self, seq: int) -> bool:
+        """True if ``seq`` would be accepted (fresh, inside the window)."""
+        if seq <= 0:
+            return False
+        if seq > self.top:
+            return True
+        diff = self.top - seq
+        return diff < self.size and not (self._bits >> diff) & 1
+
+    def update(self, seq: int) -> bool:
+        """Checks ``seq`` and, if fresh, records it. Returns whether it was
+        accepted. Call only after the token carrying it authenticated."""
+        if not self.check(seq):
+            return False
+        if seq > self.top:
+            shift = seq - self.top
+            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self.top = seq
+        else:
+            self._bits |= 1 << (self.top - seq)
+        return True

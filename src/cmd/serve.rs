@@ -1,0 +1,168 @@
+//! `mcrelay serve`: flags → config → sockets → the loop.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use log::{info, LevelFilter};
+use mcrelay::config::Config;
+use mcrelay::keys::ServerKey;
+use mcrelay::relay::Relay;
+use mcrelay::server::{self, Listen, Server, Signals};
+
+use super::{finish, many, opt, read_token_file};
+
+const HELP: &str = "\
+mcrelay serve: run the relay
+
+USAGE:
+    mcrelay serve [OPTIONS]
+
+With no options it relays on 239.255.0.77:5007 with a fresh in-memory key.
+
+NETWORK:
+    --group ADDR                 multicast group to join [default: 239.255.0.77]
+    --port PORT                  UDP port (0 picks a free one) [default: 5007]
+    --iface ADDR                 interface address to join the group on; repeat to
+                                 serve several networks [default: 0.0.0.0, the kernel's choice]
+    --recv-buffer BYTES          SO_RCVBUF for bursts [default: the system's]
+    --max-datagram BYTES         larger datagrams are sent as fragments [default: 1200]
+
+SECURITY:
+    --key-file PATH              PKCS#8 PEM RSA-2048 key; created (mode 0600) if missing
+                                 [default: a new key in memory only]
+    --token-file PATH            access token every client must present [default: none]
+
+CLIENTS:
+    --client-timeout SECS        forget a client after this much silence [default: 60]
+    --max-clients N              registered clients at most [default: 1024]
+    --handshake-rate N           handshakes per second per source address [default: 5]
+    --handshake-burst N          burst of handshakes per source address [default: 10]
+    --rsa-rate N                 RSA decryptions per second, all sources [default: 200]
+
+REASSEMBLY (fragments of large messages):
+    --reassembly-partials N      partial messages per client [default: 8]
+    --reassembly-client-bytes N  bytes buffered per client [default: 262144]
+    --reassembly-total-bytes N   bytes buffered in total [default: 8388608]
+    --reassembly-message-bytes N largest reassembled message [default: 65536]
+    --reassembly-age SECS        drop partial messages older than this [default: 10]
+
+ADMIN:
+    --admin-port PORT            TCP admin port [default: 5008]
+
+LOGGING:
+    --log-level LEVEL            off, error, warn, info, debug or trace [default: info]
+";
+
+/// Parses `serve` flags and runs the relay until a signal stops it.
+pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
+    if args.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return Ok(());
+    }
+    let defaults = Config::default();
+    let mut listen = Listen::default();
+    if let Some(g) = opt::<Ipv4Addr>(&mut args, "--group")? {
+        if !g.is_multicast() {
+            return Err(format!("--group {g} is not a multicast address"));
+        }
+        listen.group = g;
+    }
+    listen.port = opt(&mut args, "--port")?.unwrap_or(listen.port);
+    let ifaces: Vec<Ipv4Addr> = many(&mut args, "--iface")?;
+    if !ifaces.is_empty() {
+        listen.ifaces = ifaces;
+    }
+    listen.recv_buffer = opt(&mut args, "--recv-buffer")?;
+    let mut config = defaults.clone();
+    config.max_datagram = opt(&mut args, "--max-datagram")?.unwrap_or(config.max_datagram);
+    if !(64..=65507).contains(&config.max_datagram) {
+        return Err(format!(
+            "--max-datagram {} is outside 64..=65507",
+            config.max_datagram
+        ));
+    }
+    let key_file: Option<String> = opt(&mut args, "--key-file")?;
+    let token_file: Option<String> = opt(&mut args, "--token-file")?;
+    let secs = |v: Option<u64>, d: Duration| v.map(Duration::from_secs).unwrap_or(d);
+    config.client_timeout = secs(opt(&mut args, "--client-timeout")?, config.client_timeout);
+    if config.client_timeout.is_zero() {
+        return Err("--client-timeout must be at least 1".into());
+    }
+    config.max_clients = opt(&mut args, "--max-clients")?.unwrap_or(config.max_clients);
+    config.handshake_rate = opt(&mut args, "--handshake-rate")?.unwrap_or(config.handshake_rate);
+    config.handshake_burst = opt(&mut args, "--handshake-burst")?.unwrap_or(config.handshake_burst);
+    config.rsa_rate = opt(&mut args, "--rsa-rate")?.unwrap_or(config.rsa_rate);
+    let r = &mut config.reassembly;
+    r.max_partials_per_owner =
+        opt(&mut args, "--reassembly-partials")?.unwrap_or(r.max_partials_per_owner);
+    r.max_bytes_per_owner =
+        opt(&mut args, "--reassembly-client-bytes")?.unwrap_or(r.max_bytes_per_owner);
+    r.max_total_bytes = opt(&mut args, "--reassembly-total-bytes")?.unwrap_or(r.max_total_bytes);
+    r.max_message_bytes =
+        opt(&mut args, "--reassembly-message-bytes")?.unwrap_or(r.max_message_bytes);
+    r.max_age = secs(opt(&mut args, "--reassembly-age")?, r.max_age);
+    let _admin_port: u16 = opt(&mut args, "--admin-port")?.unwrap_or(5008);
+    let level: LevelFilter = opt(&mut args, "--log-level")?.unwrap_or(LevelFilter::Info);
+    finish(args)?;
+
+    init_logging(level);
+    if let Some(path) = &token_file {
+        let token = read_token_file(path)?;
+        if token.len() > mcrelay::wire::MAX_ACCESS_TOKEN_LEN {
+            return Err(format!(
+                "token file {path} holds {} bytes; at most {} fit in a handshake",
+                token.len(),
+                mcrelay::wire::MAX_ACCESS_TOKEN_LEN
+            ));
+        }
+        config.access_token = Some(token);
+    }
+    let key = match &key_file {
+        Some(path) => {
+            let (key, created) =
+                ServerKey::load_or_create(Path::new(path)).map_err(|e| e.to_string())?;
+            if created {
+                info!("created key file {path} (mode 0600)");
+            }
+            key
+        }
+        None => ServerKey::generate().map_err(|e| e.to_string())?,
+    };
+    let fingerprint = key.fingerprint();
+    let udp = server::open_udp(&listen)?;
+    let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let relay = Relay::new(config, key, Instant::now());
+    let mut server = Server::new(udp, relay, signals)
+        .map_err(|e| format!("cannot start the event loop: {e}"))?;
+    if let Some(path) = token_file {
+        server.on_reload(Box::new(move |relay: &mut Relay| {
+            match read_token_file(&path) {
+                Ok(t) => {
+                    relay.set_access_token(Some(t));
+                    info!("SIGHUP: re-read token file {path}");
+                }
+                Err(e) => log::warn!("SIGHUP: {e}; keeping the old token"),
+            }
+        }));
+    }
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let ifaces: Vec<String> = listen.ifaces.iter().map(|i| i.to_string()).collect();
+    info!(
+        "mcrelay {} listening on udp {addr}, group {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        listen.group,
+        ifaces.join(", ")
+    );
+    info!("server key fingerprint (sha256) {fingerprint}");
+    server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+fn init_logging(level: LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_target_level(LevelFilter::Off)
+        .set_thread_level(LevelFilter::Off)
+        .build();
+    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+}

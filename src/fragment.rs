@@ -1,0 +1,1265 @@
+//! FRAGMENT (outer type 0x0006): splitting oversized datagrams and bounded reassembly.
+//!
+//! A FRAGMENT TLV value is `msg_id u32 BE | index u16 BE | count u16 BE | chunk`;
+//! chunks `0..count` concatenated form one datagram payload.
+//!
+//! Reassembly buffers attacker-controlled data, so every limit is enforced on
+//! bytes actually received (plus a fixed per-chunk overhead), never on the
+//! claimed `count`. Any protocol violation inside a message (duplicate index,
+//! index out of range, disagreeing count, oversize) discards the whole message:
+//! keeping half of a message that can no longer complete would only pin memory
+//! until it expires. Nothing here panics on input.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Outer TLV type code of a fragment.
+pub const FRAGMENT_TYPE: u16 = 0x0006;
+
+/// Bytes a fragment datagram spends on headers: 4 (TLV) + 8 (msg_id, index, count).
+pub const FRAGMENT_OVERHEAD: usize = 12;
+
+/// Bytes of `msg_id | index | count` at the start of a FRAGMENT value.
+pub const FRAGMENT_HEADER_LEN: usize = 8;
+
+/// Largest chunk one FRAGMENT TLV can carry: its u16 length field also covers
+/// the 8 header bytes, so `split` never exceeds this even for huge `max_datagram`.
+pub const MAX_CHUNK_LEN: usize = u16::MAX as usize - FRAGMENT_HEADER_LEN;
+
+/// Charged against the byte limits for every buffered chunk on top of its
+/// length, so that floods of 1-byte chunks cannot make the bookkeeping
+/// (chunk index entries, map and queue slots) outgrow the budget.
+pub const CHUNK_OVERHEAD: usize = 32;
+
+const TLV_HEADER_LEN: usize = 4;
+
+/// Stale expiry entries tolerated beyond twice the live partial count before
+/// the queue is compacted; the slack keeps tiny queues from compacting on
+/// every call.
+const COMPACT_SLACK: usize = 64;
+
+/// One parsed FRAGMENT value, borrowing its chunk from the datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentHeader<'a> {
+    /// Sender-chosen id shared by all fragments of one message.
+    pub msg_id: u32,
+    /// Position of this chunk, `0..count`.
+    pub index: u16,
+    /// Number of chunks the sender claims; untrusted, never used to size memory.
+    pub count: u16,
+    /// The chunk bytes (non-empty when produced by [`parse_fragment`]).
+    pub chunk: &'a [u8],
+}
+
+/// Parses a FRAGMENT TLV *value* (not the TLV header). None if shorter than 8 bytes, count == 0, or empty chunk.
+///
+/// `index >= count` is *not* rejected here: the reassembler must see it so it
+/// can discard the rest of that message.
+pub fn parse_fragment(value: &[u8]) -> Option<FragmentHeader<'_>> {
+    let (head, chunk) = value.split_first_chunk::<FRAGMENT_HEADER_LEN>()?;
+    let msg_id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let index = u16::from_be_bytes([head[4], head[5]]);
+    let count = u16::from_be_bytes([head[6], head[7]]);
+    if count == 0 || chunk.is_empty() {
+        return None;
+    }
+    Some(FragmentHeader {
+        msg_id,
+        index,
+        count,
+        chunk,
+    })
+}
+
+/// Splits `payload` into fragment datagrams of at most `max_datagram` bytes each, calling `emit` once per
+/// datagram in index order. Returns the number of fragments, or None (emitting nothing) if it would need
+/// more than 65535 fragments or max_datagram <= FRAGMENT_OVERHEAD. Uses one reused scratch buffer (no allocation per fragment).
+///
+/// An empty payload returns `Some(0)` and emits nothing: the wire format has
+/// no way to express it (count 0 and empty chunks are malformed), and an empty
+/// payload never needs fragmenting anyway. A payload that would fit in one
+/// datagram still yields one `count == 1` fragment; deciding whether to
+/// fragment at all is the caller's job. Chunks are capped at
+/// [`MAX_CHUNK_LEN`] so the TLV length field cannot overflow.
+pub fn split(
+    payload: &[u8],
+    max_datagram: usize,
+    msg_id: u32,
+    mut emit: impl FnMut(&[u8]),
+) -> Option<usize> {
+    let room = max_datagram
+        .checked_sub(FRAGMENT_OVERHEAD)
+        .filter(|&room| room > 0)?;
+    let chunk_len = room.min(MAX_CHUNK_LEN);
+    let n = payload.len().div_ceil(chunk_len);
+    let count = u16::try_from(n).ok()?;
+    let mut buf =
+        Vec::with_capacity(FRAGMENT_OVERHEAD.saturating_add(chunk_len.min(payload.len())));
+    // `n <= u16::MAX` chunks, so zipping with every u16 never cuts the payload short.
+    for (index, chunk) in (0..=u16::MAX).zip(payload.chunks(chunk_len)) {
+        // The fallback is unreachable: chunk.len() <= MAX_CHUNK_LEN = u16::MAX - FRAGMENT_HEADER_LEN.
+        let value_len =
+            u16::try_from(FRAGMENT_HEADER_LEN.saturating_add(chunk.len())).unwrap_or(u16::MAX);
+        buf.clear();
+        buf.extend_from_slice(&FRAGMENT_TYPE.to_be_bytes());
+        buf.extend_from_slice(&value_len.to_be_bytes());
+        buf.extend_from_slice(&msg_id.to_be_bytes());
+        buf.extend_from_slice(&index.to_be_bytes());
+        buf.extend_from_slice(&count.to_be_bytes());
+        buf.extend_from_slice(chunk);
+        debug_assert_eq!(buf.len(), TLV_HEADER_LEN + usize::from(value_len));
+        emit(&buf);
+    }
+    Some(n)
+}
+
+/// Bounds on what a [`Reassembler`] may hold, so memory stays fixed whatever peers send.
+#[derive(Clone, Debug)]
+pub struct ReassemblyLimits {
+    /// Incomplete messages one owner may have in flight (default 8).
+    pub max_partials_per_owner: usize,
+    /// Accounted bytes one owner may have buffered (default 256 KiB).
+    pub max_bytes_per_owner: usize,
+    /// Accounted bytes buffered across all owners (default 8 MiB).
+    pub max_total_bytes: usize,
+    /// Largest reassembled payload (default 64 KiB).
+    pub max_message_bytes: usize,
+    /// How long an incomplete message may wait for its missing chunks (default 10 s).
+    pub max_age: Duration,
+}
+
+impl Default for ReassemblyLimits {
+    fn default() -> Self {
+        ReassemblyLimits {
+            max_partials_per_owner: 8,
+            max_bytes_per_owner: 256 * 1024,
+            max_total_bytes: 8 * 1024 * 1024,
+            max_message_bytes: 64 * 1024,
+            max_age: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a message (or a lone fragment) was discarded; one counter per variant is the intended use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The index was already received for this message.
+    Duplicate,
+    /// `index >= count`.
+    IndexOutOfRange,
+    /// `count` differs from earlier fragments of the same message.
+    CountMismatch,
+    /// The message exceeds, or can no longer fit in, `max_message_bytes`.
+    TooLarge,
+    /// The owner already had `max_partials_per_owner` messages in flight.
+    TooManyPartials,
+    /// Buffering the chunk would exceed `max_bytes_per_owner`.
+    OwnerBytes,
+    /// Buffering the chunk would exceed `max_total_bytes`.
+    TotalBytes,
+    /// The message was still incomplete after `max_age`; only [`Reassembler::expire`] reports this.
+    Expired,
+}
+
+impl DropReason {
+    /// Every reason, so callers can build one metric per variant without listing them.
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Duplicate,
+        DropReason::IndexOutOfRange,
+        DropReason::CountMismatch,
+        DropReason::TooLarge,
+        DropReason::TooManyPartials,
+        DropReason::OwnerBytes,
+        DropReason::TotalBytes,
+        DropReason::Expired,
+    ];
+
+    /// Stable snake_case name for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Duplicate => "duplicate",
+            DropReason::IndexOutOfRange => "index_out_of_range",
+            DropReason::CountMismatch => "count_mismatch",
+            DropReason::TooLarge => "too_large",
+            DropReason::TooManyPartials => "too_many_partials",
+            DropReason::OwnerBytes => "owner_bytes",
+            DropReason::TotalBytes => "total_bytes",
+            DropReason::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What [`Reassembler::insert`] did with a fragment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Buffered; the message still misses chunks.
+    Incomplete,
+    /// The fragment completed its message: here is the whole payload.
+    Complete(Vec<u8>),
+    /// The fragment was refused; if its message was buffered, all of it was freed.
+    Dropped(DropReason),
+}
+
+/// Where one received chunk sits inside [`Partial::data`].
+#[derive(Clone, Copy, Debug)]
+struct ChunkRef {
+    index: u16,
+    offset: usize,
+    len: usize,
+}
+
+/// An incomplete message. Chunks are appended in arrival order to one buffer
+/// (one allocation that grows geometrically, instead of one per chunk).
+#[derive(Debug)]
+struct Partial {
+    count: u16,
+    /// Distinguishes this partial from an earlier one with the same key, so
+    /// leftover expiry entries of the earlier one are recognised as stale.
+    serial: u64,
+    data: Vec<u8>,
+    /// Sorted by index, for duplicate detection by binary search.
+    chunks: Vec<ChunkRef>,
+    /// Bytes charged to the limits for this message.
+    accounted: usize,
+}
+
+/// Per-owner bookkeeping; the msg_id list lets `remove_owner` avoid scanning every partial.
+#[derive(Debug, Default)]
+struct OwnerUsage {
+    msg_ids: Vec<u32>,
+    bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ExpiryEntry {
+    created: Instant,
+    owner: u64,
+    msg_id: u32,
+    serial: u64,
+}
+
+type Key = (u64, u32);
+
+fn is_live(partials: &HashMap<Key, Partial>, e: &ExpiryEntry) -> bool {
+    partials
+        .get(&(e.owner, e.msg_id))
+        .is_some_and(|p| p.serial == e.serial)
+}
+
+/// Reassembles FRAGMENT messages per owner within [`ReassemblyLimits`].
+///
+/// Owner = an opaque u64 the caller uses per client. The caller drives time:
+/// call [`expire`](Self::expire) periodically (e.g. at
+/// [`next_expiry`](Self::next_expiry)); `insert` never expires on its own so
+/// every expiry is reported through `expire`'s return value.
+#[derive(Debug)]
+pub struct Reassembler {
+    limits: ReassemblyLimits,
+    partials: HashMap<Key, Partial>,
+    owners: HashMap<u64, OwnerUsage>,
+    /// Creation order of partials; may hold stale entries of finished messages.
+    expiry: VecDeque<ExpiryEntry>,
+    total_bytes: usize,
+    next_serial: u64,
+}
+
+impl Reassembler {
+    /// Creates an empty reassembler enforcing `limits`.
+    pub fn new(limits: ReassemblyLimits) -> Self {
+        Reassembler {
+            limits,
+            partials: HashMap::new(),
+            owners: HashMap::new(),
+            expiry: VecDeque::new(),
+            total_bytes: 0,
+            next_serial: 0,
+        }
+    }
+
+    /// The limits this reassembler enforces.
+    pub fn limits(&self) -> &ReassemblyLimits {
+        &self.limits
+    }
+
+    /// Feeds one fragment received from `owner` at `now`.
+    ///
+    /// A `count == 1` fragment completes at once without being buffered. The
+    /// fragment should come from [`parse_fragment`]; a hand-built one with
+    /// `count == 0` is reported as `IndexOutOfRange`.
+    pub fn insert(&mut self, now: Instant, owner: u64, frag: &FragmentHeader<'_>) -> Outcome {
+        let key = (owner, frag.msg_id);
+        let cost = frag.chunk.len().saturating_add(CHUNK_OVERHEAD);
+        let outcome = if self.partials.contains_key(&key) {
+            self.extend_partial(key, frag, cost)
+        } else {
+            self.start_partial(now, key, frag, cost)
+        };
+        self.tidy_expiry();
+        outcome
+    }
+
+    /// Drops every partial created at or before now - max_age; returns how many were dropped.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut dropped: usize = 0;
+        while let Some(&e) = self.expiry.front() {
+            if is_live(&self.partials, &e) {
+                if now.saturating_duration_since(e.created) < self.limits.max_age {
+                    break;
+                }
+                self.remove_partial((e.owner, e.msg_id));
+                dropped = dropped.saturating_add(1);
+            }
+            self.expiry.pop_front();
+        }
+        self.maybe_compact();
+        dropped
+    }
+
+    /// When the oldest partial expires (None when nothing is buffered).
+    ///
+    /// Also None if that instant is not representable, i.e. it never expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        // Mutating calls pop stale entries off the front, so this finds the
+        // first live entry immediately.
+        self.expiry
+            .iter()
+            .find(|e| is_live(&self.partials, e))
+            .and_then(|e| e.created.checked_add(self.limits.max_age))
+    }
+
+    /// Frees everything an owner holds (client left).
+    pub fn remove_owner(&mut self, owner: u64) {
+        if let Some(usage) = self.owners.remove(&owner) {
+            for msg_id in usage.msg_ids {
+                if let Some(p) = self.partials.remove(&(owner, msg_id)) {
+                    self.total_bytes = self.total_bytes.saturating_sub(p.accounted);
+                }
+            }
+        }
+        self.tidy_expiry();
+    }
+
+    /// (partial messages, accounted bytes) held for an owner.
+    pub fn owner_usage(&self, owner: u64) -> (usize, usize) {
+        self.owners
+            .get(&owner)
+            .map_or((0, 0), |u| (u.msg_ids.len(), u.bytes))
+    }
+
+    /// Accounted bytes held across all owners (chunk bytes plus [`CHUNK_OVERHEAD`] each).
+    pub fn total_bytes(&self) -> usize {
+        self.total_bytes
+    }
+
+    /// Incomplete messages held across all owners.
+    pub fn partials(&self) -> usize {
+        self.partials.len()
+    }
+
+    fn start_partial(
+        &mut self,
+        now: Instant,
+        key: Key,
+        frag: &FragmentHeader<'_>,
+        cost: usize,
+    ) -> Outcome {
+        let limits = &self.limits;
+        if frag.index >= frag.count {
+            return Outcome::Dropped(DropReason::IndexOutOfRange);
+        }
+        // Every other chunk is non-empty, so this is the smallest the message can end up.
+        let missing = usize::from(frag.count).saturating_sub(1);
+        if frag.chunk.len().saturating_add(missing) > limits.max_message_bytes {
+            return Outcome::Dropped(DropReason::TooLarge);
+        }
+        if frag.count == 1 {
+            return Outcome::Complete(frag.chunk.to_vec());
+        }
+        let (held, owner_bytes) = self.owner_usage(key.0);
+        if held >= limits.max_partials_per_owner {
+            return Outcome::Dropped(DropReason::TooManyPartials);
+        }
+        if owner_bytes.saturating_add(cost) > limits.max_bytes_per_owner {
+            return Outcome::Dropped(DropReason::OwnerBytes);
+        }
+        if self.total_bytes.saturating_add(cost) > limits.max_total_bytes {
+            return Outcome::Dropped(DropReason::TotalBytes);
+        }
+
+        let serial = self.next_serial;
+        self.next_serial = self.next_serial.wrapping_add(1);
+        // Keep the queue sorted even if a caller's clock steps back; a partial
+        // then merely lives a little longer, it never expires early.
+        let created = match self.expiry.back() {
+            Some(back) if back.created > now => back.created,
+            _ => now,
+        };
+        self.maybe_compact();
+        self.expiry.push_back(ExpiryEntry {
+            created,
+            owner: key.0,
+            msg_id: key.1,
+            serial,
+        });
+        self.partials.insert(
+            key,
+            Partial {
+                count: frag.count,
+                serial,
+                data: frag.chunk.to_vec(),
+                chunks: vec![ChunkRef {
+                    index: frag.index,
+                    offset: 0,
+                    len: frag.chunk.len(),
+                }],
+                accounted: cost,
+            },
+        );
+        let usage = self.owners.entry(key.0).or_default();
+        usage.msg_ids.push(key.1);
+        usage.bytes = usage.bytes.saturating_add(cost);
+        self.total_bytes = self.total_bytes.saturating_add(cost);
+        Outcome::Incomplete
+    }
+
+    fn extend_partial(&mut self, key: Key, frag: &FragmentHeader<'_>, cost: usize) -> Outcome {
+        let (_, owner_bytes) = self.owner_usage(key.0);
+        let Some(p) = self.partials.get_mut(&key) else {
+            return Outcome::Incomplete;
+        };
+        let pos = match check_extend(p, frag, cost, &self.limits, owner_bytes, self.total_bytes) {
+            Ok(pos) => pos,
+            Err(reason) => {
+                self.remove_partial(key);
+                return Outcome::Dropped(reason);
+            }
+        };
+        p.chunks.insert(
+            pos,
+            ChunkRef {
+                index: frag.index,
+                offset: p.data.len(),
+                len: frag.chunk.len(),
+            },
+        );
+        p.data.extend_from_slice(frag.chunk);
+        p.accounted = p.accounted.saturating_add(cost);
+        let complete = p.chunks.len() >= usize::from(p.count);
+        self.total_bytes = self.total_bytes.saturating_add(cost);
+        if let Some(usage) = self.owners.get_mut(&key.0) {
+            usage.bytes = usage.bytes.saturating_add(cost);
+        }
+        if !complete {
+            return Outcome::Incomplete;
+        }
+        match self.remove_partial(key) {
+            Some(p) => Outcome::Complete(assemble(p)),
+            None => Outcome::Incomplete,
+        }
+    }
+
+    /// Removes one partial and releases its accounting; its expiry entry becomes stale.
+    fn remove_partial(&mut self, key: Key) -> Option<Partial> {
+        let p = self.partials.remove(&key)?;
+        self.total_bytes = self.total_bytes.saturating_sub(p.accounted);
+        if let Some(usage) = self.owners.get_mut(&key.0) {
+            usage.bytes = usage.bytes.saturating_sub(p.accounted);
+            if let Some(i) = usage.msg_ids.iter().position(|&m| m == key.1) {
+                usage.msg_ids.swap_remove(i);
+            }
+            if usage.msg_ids.is_empty() {
+                self.owners.remove(&key.0);
+            }
+        }
+        Some(p)
+    }
+
+    /// Pops stale entries off the front (so `next_expiry` is O(1)) and bounds the rest.
+    fn tidy_expiry(&mut self) {
+        while let Some(e) = self.expiry.front() {
+            if is_live(&self.partials, e) {
+                break;
+            }
+            self.expiry.pop_front();
+        }
+        self.maybe_compact();
+    }
+
+    /// Stale entries behind a long-lived partial cannot be popped from the
+    /// front, so once they outnumber live ones, filter them out. Each
+    /// compaction removes more entries than remain, so the cost is amortised
+    /// O(1) per push.
+    fn maybe_compact(&mut self) {
+        let bound = self
+            .partials
+            .len()
+            .saturating_mul(2)
+            .saturating_add(COMPACT_SLACK);
+        if self.expiry.len() > bound {
+            let partials = &self.partials;
+            self.expiry.retain(|e| is_live(partials, e));
+        }
+    }
+}
+
+/// Validates adding `frag` to `p`; returns where its index goes in `p.chunks`.
+fn check_extend(
+    p: &Partial,
+    frag: &FragmentHeader<'_>,
+    cost: usize,
+    limits: &ReassemblyLimits,
+    owner_bytes: usize,
+    total_bytes: usize,
+) -> Result<usize, DropReason> {
+    if frag.count != p.count {
+        return Err(DropReason::CountMismatch);
+    }
+    if frag.index >= p.count {
+        return Err(DropReason::IndexOutOfRange);
+    }
+    let pos = match p.chunks.binary_search_by_key(&frag.index, |c| c.index) {
+        Ok(_) => return Err(DropReason::Duplicate),
+        Err(pos) => pos,
+    };
+    // Chunks still missing after this one are at least 1 byte each.
+    let missing = usize::from(p.count).saturating_sub(p.chunks.len().saturating_add(1));
+    let min_size = p
+        .data
+        .len()
+        .saturating_add(frag.chunk.len())
+        .saturating_add(missing);
+    if min_size > limits.max_message_bytes {
+        return Err(DropReason::TooLarge);
+    }
+    if owner_bytes.saturating_add(cost) > limits.max_bytes_per_owner {
+        return Err(DropReason::OwnerBytes);
+    }
+    if total_bytes.saturating_add(cost) > limits.max_total_bytes {
+        return Err(DropReason::TotalBytes);
+    }
+    Ok(pos)
+}
+
+/// Concatenates a complete partial's chunks in index order.
+fn assemble(p: Partial) -> Vec<u8> {
+    // In-order arrival (the common case) already left the payload contiguous.
+    let mut expected = 0usize;
+    let in_order = p.chunks.iter().all(|c| {
+        let ok = c.offset == expected;
+        expected = expected.saturating_add(c.len);
+        ok
+    });
+    if in_order {
+        return p.data;
+    }
+    let mut out = Vec::with_capacity(p.data.len());
+    for c in &p.chunks {
+        if let Some(bytes) = p.data.get(c.offset..c.offset.saturating_add(c.len)) {
+            out.extend_from_slice(bytes);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic xorshift64 so tests are reproducible without external crates.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn shuffle<T>(&mut self, v: &mut [T]) {
+            for i in (1..v.len()).rev() {
+                let j = self.below(i as u64 + 1) as usize;
+                v.swap(i, j);
+            }
+        }
+
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    fn frag(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> FragmentHeader<'_> {
+        FragmentHeader {
+            msg_id,
+            index,
+            count,
+            chunk,
+        }
+    }
+
+    /// Splits and returns owned datagrams.
+    fn split_vec(payload: &[u8], max: usize, msg_id: u32) -> Option<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let n = split(payload, max, msg_id, |d| out.push(d.to_vec()))?;
+        assert_eq!(n, out.len());
+        Some(out)
+    }
+
+    /// Checks the outer TLV framing and returns the FRAGMENT value.
+    fn value_of(datagram: &[u8]) -> &[u8] {
+        assert!(datagram.len() >= TLV_HEADER_LEN);
+        assert_eq!(
+            u16::from_be_bytes([datagram[0], datagram[1]]),
+            FRAGMENT_TYPE
+        );
+        let len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+        assert_eq!(len, datagram.len() - TLV_HEADER_LEN);
+        &datagram[TLV_HEADER_LEN..]
+    }
+
+    /// Internal consistency: accounting matches the buffered partials and the queue is bounded.
+    fn check_invariants(r: &Reassembler) {
+        let limits = r.limits();
+        assert!(r.total_bytes() <= limits.max_total_bytes);
+        let sum: usize = r.partials.values().map(|p| p.accounted).sum();
+        assert_eq!(sum, r.total_bytes());
+        let mut owner_partials = 0;
+        for (owner, usage) in &r.owners {
+            assert!(!usage.msg_ids.is_empty(), "empty owner entry kept");
+            assert!(usage.bytes <= limits.max_bytes_per_owner);
+            assert!(usage.msg_ids.len() <= limits.max_partials_per_owner);
+            let bytes: usize = usage
+                .msg_ids
+                .iter()
+                .map(|m| r.partials[&(*owner, *m)].accounted)
+                .sum();
+            assert_eq!(bytes, usage.bytes);
+            owner_partials += usage.msg_ids.len();
+        }
+        assert_eq!(owner_partials, r.partials());
+        for p in r.partials.values() {
+            assert!(p.data.len() <= limits.max_message_bytes);
+            assert!(p.chunks.len() < usize::from(p.count));
+            assert!(p.chunks.windows(2).all(|w| w[0].index < w[1].index));
+        }
+        let live = r.expiry.iter().filter(|e| is_live(&r.partials, e)).count();
+        assert_eq!(live, r.partials());
+        assert!(r.expiry.len() <= 2 * r.partials() + COMPACT_SLACK + 1);
+        assert!(r
+            .expiry
+            .iter()
+            .zip(r.expiry.iter().skip(1))
+            .all(|(a, b)| a.created <= b.created));
+    }
+
+    #[test]
+    fn parse_rejects_malformed() {
+        assert_eq!(parse_fragment(&[]), None);
+        assert_eq!(parse_fragment(&[0; 7]), None);
+        // Header only: empty chunk.
+        assert_eq!(parse_fragment(&[0, 0, 0, 1, 0, 0, 0, 1]), None);
+        // count == 0.
+        assert_eq!(parse_fragment(&[0, 0, 0, 1, 0, 0, 0, 0, 9]), None);
+        let f = parse_fragment(&[1, 2, 3, 4, 0, 5, 0, 3, 9, 8]).unwrap();
+        assert_eq!(f, frag(0x0102_0304, 5, 3, &[9, 8]));
+    }
+
+    #[test]
+    fn parse_never_panics_on_random_input() {
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..10_000 {
+            let len = rng.below(24) as usize;
+            let buf = rng.bytes(len);
+            if let Some(f) = parse_fragment(&buf) {
+                assert!(f.count > 0 && !f.chunk.is_empty());
+                assert_eq!(f.chunk.len() + FRAGMENT_HEADER_LEN, buf.len());
+            }
+        }
+    }
+
+    #[test]
+    fn split_empty_payload_emits_nothing() {
+        assert_eq!(split_vec(&[], 1200, 1), Some(vec![]));
+    }
+
+    #[test]
+    fn split_rejects_tiny_max_datagram() {
+        let mut calls = 0;
+        assert_eq!(split(b"abc", FRAGMENT_OVERHEAD, 1, |_| calls += 1), None);
+        assert_eq!(split(b"abc", 0, 1, |_| calls += 1), None);
+        assert_eq!(calls, 0);
+        // One byte of room is enough.
+        let d = split_vec(b"abc", FRAGMENT_OVERHEAD + 1, 1).unwrap();
+        assert_eq!(d.len(), 3);
+        assert!(d.iter().all(|d| d.len() == FRAGMENT_OVERHEAD + 1));
+    }
+
+    #[test]
+    fn split_rejects_more_than_65535_fragments() {
+        let payload = vec![7u8; 65_536];
+        let mut calls = 0;
+        assert_eq!(
+            split(&payload, FRAGMENT_OVERHEAD + 1, 1, |_| calls += 1),
+            None
+        );
+        assert_eq!(calls, 0);
+        assert_eq!(
+            split(&payload[..65_535], FRAGMENT_OVERHEAD + 1, 1, |_| calls += 1),
+            Some(65_535)
+        );
+        assert_eq!(calls, 65_535);
+    }
+
+    #[test]
+    fn split_caps_chunk_at_tlv_length_limit() {
+        let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let d = split_vec(&payload, 1 << 20, 9).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].len(), TLV_HEADER_LEN + u16::MAX as usize);
+        let mut joined = Vec::new();
+        for (i, dg) in d.iter().enumerate() {
+            let f = parse_fragment(value_of(dg)).unwrap();
+            assert_eq!((f.msg_id, usize::from(f.index), f.count), (9, i, 2));
+            joined.extend_from_slice(f.chunk);
+        }
+        assert_eq!(joined, payload);
+    }
+
+    #[test]
+    fn split_parse_reassemble_round_trip() {
+        let max = 1200;
+        let room = max - FRAGMENT_OVERHEAD;
+        let mut rng = XorShift(42);
+        let t = Instant::now();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        for (msg_id, size) in [
+            1,
+            2,
+            room - 1,
+            room,
+            room + 1,
+            2 * room,
+            3 * room,
+            20 * 1024,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let payload = rng.bytes(size);
+            let d = split_vec(&payload, max, msg_id as u32).unwrap();
+            assert_eq!(d.len(), size.div_ceil(room));
+            let mut result = None;
+            for (i, dg) in d.iter().enumerate() {
+                assert!(dg.len() <= max);
+                let f = parse_fragment(value_of(dg)).unwrap();
+                assert_eq!(f.msg_id, msg_id as u32);
+                assert_eq!(usize::from(f.index), i);
+                assert_eq!(usize::from(f.count), d.len());
+                match r.insert(t, 1, &f) {
+                    Outcome::Incomplete => assert!(i + 1 < d.len()),
+                    Outcome::Complete(p) => {
+                        assert_eq!(i + 1, d.len());
+                        result = Some(p);
+                    }
+                    Outcome::Dropped(why) => panic!("dropped: {why}"),
+                }
+            }
+            assert_eq!(result.as_deref(), Some(&payload[..]));
+            check_invariants(&r);
+            assert_eq!(r.partials(), 0);
+        }
+        // Exact multiples fill every datagram to the limit.
+        let d = split_vec(&vec![1; 3 * room], max, 0).unwrap();
+        assert!(d.iter().all(|d| d.len() == max));
+    }
+
+    #[test]
+    fn reassembles_shuffled_order() {
+        let mut rng = XorShift(7);
+        let payload = rng.bytes(20 * 1024);
+        let mut d = split_vec(&payload, 1200, 77).unwrap();
+        rng.shuffle(&mut d);
+        let t = Instant::now();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let last = d.len() - 1;
+        for (i, dg) in d.iter().enumerate() {
+            let f = parse_fragment(value_of(dg)).unwrap();
+            let out = r.insert(t, 5, &f);
+            check_invariants(&r);
+            if i < last {
+                assert_eq!(out, Outcome::Incomplete);
+                assert_eq!(r.owner_usage(5).0, 1);
+            } else {
+                assert_eq!(out, Outcome::Complete(payload.clone()));
+            }
+        }
+        assert_eq!(r.owner_usage(5), (0, 0));
+        assert_eq!(r.total_bytes(), 0);
+        assert_eq!(r.next_expiry(), None);
+    }
+
+    #[test]
+    fn single_fragment_completes_without_buffering() {
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let out = r.insert(Instant::now(), 1, &frag(3, 0, 1, b"hello"));
+        assert_eq!(out, Outcome::Complete(b"hello".to_vec()));
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+        assert_eq!(r.expiry.len(), 0);
+    }
+
+    #[test]
+    fn duplicate_drops_whole_message() {
+        let t = Instant::now();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, b"a")), Outcome::Incomplete);
+        assert_eq!(r.insert(t, 1, &frag(1, 1, 3, b"b")), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 1, 3, b"b")),
+            Outcome::Dropped(DropReason::Duplicate)
+        );
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+        assert_eq!(r.owner_usage(1), (0, 0));
+        // The id is free again: a later chunk starts a fresh message.
+        assert_eq!(r.insert(t, 1, &frag(1, 2, 3, b"c")), Outcome::Incomplete);
+        assert_eq!(r.owner_usage(1), (1, 1 + CHUNK_OVERHEAD));
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn index_out_of_range_drops_whole_message() {
+        let t = Instant::now();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 3, 3, b"a")),
+            Outcome::Dropped(DropReason::IndexOutOfRange)
+        );
+        assert_eq!(r.partials(), 0);
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, b"a")), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 9, 3, b"a")),
+            Outcome::Dropped(DropReason::IndexOutOfRange)
+        );
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+        // Hand-built count == 0 cannot slip through either.
+        assert_eq!(
+            r.insert(t, 1, &frag(2, 0, 0, b"a")),
+            Outcome::Dropped(DropReason::IndexOutOfRange)
+        );
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn count_mismatch_drops_whole_message() {
+        let t = Instant::now();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, b"a")), Outcome::Incomplete);
+        assert_eq!(r.insert(t, 1, &frag(1, 1, 3, b"b")), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 2, 4, b"c")),
+            Outcome::Dropped(DropReason::CountMismatch)
+        );
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+        // A count == 1 fragment for a buffered id is a mismatch too, not a fresh message.
+        assert_eq!(r.insert(t, 1, &frag(2, 0, 2, b"a")), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 1, &frag(2, 0, 1, b"a")),
+            Outcome::Dropped(DropReason::CountMismatch)
+        );
+        assert_eq!(r.partials(), 0);
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn too_large_drops_whole_message() {
+        let t = Instant::now();
+        let limits = ReassemblyLimits {
+            max_message_bytes: 100,
+            ..ReassemblyLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        let chunk = [0u8; 60];
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, &chunk)), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 1, 3, &chunk)),
+            Outcome::Dropped(DropReason::TooLarge)
+        );
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+        // A count that could not fit even with 1-byte chunks is refused up front.
+        assert_eq!(
+            r.insert(t, 1, &frag(2, 0, 101, b"x")),
+            Outcome::Dropped(DropReason::TooLarge)
+        );
+        assert_eq!(r.insert(t, 1, &frag(2, 0, 100, b"x")), Outcome::Incomplete);
+        // Single fragments obey the limit too.
+        assert_eq!(
+            r.insert(t, 1, &frag(3, 0, 1, &[0; 101])),
+            Outcome::Dropped(DropReason::TooLarge)
+        );
+        assert_eq!(
+            r.insert(t, 1, &frag(3, 0, 1, &[0; 100])),
+            Outcome::Complete(vec![0; 100])
+        );
+        // Exactly at the limit completes.
+        assert_eq!(
+            r.insert(t, 1, &frag(4, 0, 2, &[1; 50])),
+            Outcome::Incomplete
+        );
+        assert_eq!(
+            r.insert(t, 1, &frag(4, 1, 2, &[2; 50])),
+            Outcome::Complete([[1; 50], [2; 50]].concat())
+        );
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn too_many_partials_drops_new_message_only() {
+        let t = Instant::now();
+        let limits = ReassemblyLimits {
+            max_partials_per_owner: 2,
+            ..ReassemblyLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 2, b"a")), Outcome::Incomplete);
+        assert_eq!(r.insert(t, 1, &frag(2, 0, 2, b"a")), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 1, &frag(3, 0, 2, b"a")),
+            Outcome::Dropped(DropReason::TooManyPartials)
+        );
+        assert_eq!(r.owner_usage(1).0, 2);
+        // Single fragments need no slot; other owners have their own.
+        assert_eq!(
+            r.insert(t, 1, &frag(3, 0, 1, b"z")),
+            Outcome::Complete(b"z".to_vec())
+        );
+        assert_eq!(r.insert(t, 2, &frag(3, 0, 2, b"a")), Outcome::Incomplete);
+        // Existing partials still complete, which frees a slot.
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 1, 2, b"b")),
+            Outcome::Complete(b"ab".to_vec())
+        );
+        assert_eq!(r.insert(t, 1, &frag(3, 0, 2, b"a")), Outcome::Incomplete);
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn owner_bytes_limit() {
+        let t = Instant::now();
+        let per_chunk = 100 + CHUNK_OVERHEAD;
+        let limits = ReassemblyLimits {
+            max_bytes_per_owner: 2 * per_chunk,
+            ..ReassemblyLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        let c = [0u8; 100];
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, &c)), Outcome::Incomplete);
+        assert_eq!(r.insert(t, 1, &frag(1, 1, 3, &c)), Outcome::Incomplete);
+        assert_eq!(r.owner_usage(1), (1, 2 * per_chunk));
+        // A new message over budget is refused; the existing one stays.
+        assert_eq!(
+            r.insert(t, 1, &frag(2, 0, 3, &c)),
+            Outcome::Dropped(DropReason::OwnerBytes)
+        );
+        assert_eq!(r.owner_usage(1), (1, 2 * per_chunk));
+        // Another owner is unaffected.
+        assert_eq!(r.insert(t, 2, &frag(2, 0, 3, &c)), Outcome::Incomplete);
+        // Growing the existing message over budget drops all of it.
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 2, 3, &c)),
+            Outcome::Dropped(DropReason::OwnerBytes)
+        );
+        assert_eq!(r.owner_usage(1), (0, 0));
+        assert_eq!(r.total_bytes(), per_chunk);
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn total_bytes_limit() {
+        let t = Instant::now();
+        let per_chunk = 100 + CHUNK_OVERHEAD;
+        let limits = ReassemblyLimits {
+            max_total_bytes: 3 * per_chunk,
+            ..ReassemblyLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        let c = [0u8; 100];
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, &c)), Outcome::Incomplete);
+        assert_eq!(r.insert(t, 1, &frag(1, 1, 3, &c)), Outcome::Incomplete);
+        assert_eq!(r.insert(t, 2, &frag(1, 0, 3, &c)), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 3, &frag(1, 0, 3, &c)),
+            Outcome::Dropped(DropReason::TotalBytes)
+        );
+        assert_eq!(
+            r.insert(t, 2, &frag(1, 1, 3, &c)),
+            Outcome::Dropped(DropReason::TotalBytes)
+        );
+        assert_eq!(r.owner_usage(2), (0, 0));
+        assert_eq!(r.total_bytes(), 2 * per_chunk);
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn expiry_at_exactly_max_age() {
+        let base = Instant::now();
+        let sec = Duration::from_secs(1);
+        let limits = ReassemblyLimits::default();
+        let age = limits.max_age;
+        let mut r = Reassembler::new(limits);
+        assert_eq!(r.next_expiry(), None);
+        assert_eq!(r.insert(base, 1, &frag(1, 0, 2, b"a")), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(base + sec, 1, &frag(2, 0, 2, b"a")),
+            Outcome::Incomplete
+        );
+        assert_eq!(
+            r.insert(base + 2 * sec, 2, &frag(3, 0, 2, b"a")),
+            Outcome::Incomplete
+        );
+        // The middle one completes, so only two can expire.
+        assert_eq!(
+            r.insert(base + 2 * sec, 1, &frag(2, 1, 2, b"b")),
+            Outcome::Complete(b"ab".to_vec())
+        );
+        assert_eq!(r.next_expiry(), Some(base + age));
+        assert_eq!(r.expire(base + age - Duration::from_nanos(1)), 0);
+        assert_eq!(r.partials(), 2);
+        assert_eq!(r.expire(base + age), 1);
+        assert_eq!(r.owner_usage(1), (0, 0));
+        // The completed message's entry is skipped, not counted.
+        assert_eq!(r.next_expiry(), Some(base + 2 * sec + age));
+        assert_eq!(r.expire(base + 2 * sec + age), 1);
+        assert_eq!(r.next_expiry(), None);
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn clock_stepping_back_never_expires_early() {
+        let base = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        assert_eq!(
+            r.insert(base + 5 * sec, 1, &frag(1, 0, 2, b"a")),
+            Outcome::Incomplete
+        );
+        assert_eq!(r.insert(base, 1, &frag(2, 0, 2, b"a")), Outcome::Incomplete);
+        check_invariants(&r);
+        assert_eq!(r.expire(base + 10 * sec), 0);
+        assert_eq!(r.expire(base + 15 * sec), 2);
+    }
+
+    #[test]
+    fn remove_owner_frees_usage() {
+        let t = Instant::now();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        for id in 0..5 {
+            assert_eq!(r.insert(t, 1, &frag(id, 0, 4, b"abc")), Outcome::Incomplete);
+        }
+        assert_eq!(r.insert(t, 2, &frag(0, 0, 4, b"abc")), Outcome::Incomplete);
+        assert_eq!(r.owner_usage(1), (5, 5 * (3 + CHUNK_OVERHEAD)));
+        r.remove_owner(1);
+        assert_eq!(r.owner_usage(1), (0, 0));
+        assert_eq!(r.partials(), 1);
+        assert_eq!(r.total_bytes(), 3 + CHUNK_OVERHEAD);
+        assert_eq!(r.next_expiry(), Some(t + r.limits().max_age));
+        check_invariants(&r);
+        r.remove_owner(2);
+        r.remove_owner(3);
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+        assert_eq!(r.next_expiry(), None);
+        assert!(r.owners.is_empty());
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn huge_count_flood_stays_bounded() {
+        let t = Instant::now();
+        let limits = ReassemblyLimits::default();
+        let mut r = Reassembler::new(limits.clone());
+        for owner in 0..4u64 {
+            for msg_id in 0..1000u32 {
+                for index in 0..64u16 {
+                    let out = r.insert(t, owner, &frag(msg_id, index, u16::MAX, b"x"));
+                    assert!(matches!(
+                        out,
+                        Outcome::Incomplete | Outcome::Dropped(DropReason::TooManyPartials)
+                    ));
+                    assert!(r.total_bytes() <= limits.max_total_bytes);
+                    let (held, bytes) = r.owner_usage(owner);
+                    assert!(held <= limits.max_partials_per_owner);
+                    assert!(bytes <= limits.max_bytes_per_owner);
+                }
+            }
+            check_invariants(&r);
+        }
+        assert_eq!(r.partials(), 4 * limits.max_partials_per_owner);
+        assert_eq!(
+            r.total_bytes(),
+            4 * limits.max_partials_per_owner * 64 * (1 + CHUNK_OVERHEAD)
+        );
+        // Buffers reflect bytes received, not the claimed count.
+        for p in r.partials.values() {
+            assert!(p.data.capacity() <= 128);
+            assert!(p.chunks.capacity() <= 128);
+        }
+
+        // Where the claimed count cannot fit at all it is refused before buffering.
+        let mut r = Reassembler::new(ReassemblyLimits {
+            max_message_bytes: 60_000,
+            ..ReassemblyLimits::default()
+        });
+        for msg_id in 0..1000u32 {
+            for index in 0..64u16 {
+                assert_eq!(
+                    r.insert(t, 1, &frag(msg_id, index, u16::MAX, b"x")),
+                    Outcome::Dropped(DropReason::TooLarge)
+                );
+            }
+        }
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn expiry_queue_stays_bounded_when_messages_complete() {
+        let t = Instant::now();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        // A long-lived partial at the front keeps stale entries from being popped.
+        assert_eq!(
+            r.insert(t, 0, &frag(u32::MAX, 0, 2, b"x")),
+            Outcome::Incomplete
+        );
+        for i in 0..100_000u32 {
+            let owner = u64::from(i % 16) + 1;
+            assert_eq!(
+                r.insert(t, owner, &frag(i, 1, 2, b"b")),
+                Outcome::Incomplete
+            );
+            assert_eq!(
+                r.insert(t, owner, &frag(i, 0, 2, b"a")),
+                Outcome::Complete(b"ab".to_vec())
+            );
+            assert!(r.expiry.len() <= 2 * r.partials() + COMPACT_SLACK + 1);
+        }
+        assert_eq!(r.partials(), 1);
+        check_invariants(&r);
+        assert_eq!(r.expire(t + r.limits().max_age), 1);
+        assert!(r.expiry.is_empty());
+    }
+
+    #[test]
+    fn drop_reason_names() {
+        let names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "duplicate",
+                "index_out_of_range",
+                "count_mismatch",
+                "too_large",
+                "too_many_partials",
+                "owner_bytes",
+                "total_bytes",
+                "expired"
+            ]
+        );
+        assert_eq!(DropReason::TooManyPartials.to_string(), "too_many_partials");
+    }
+
+    #[test]
+    fn random_fragments_keep_invariants() {
+        let limits = ReassemblyLimits {
+            max_partials_per_owner: 4,
+            max_bytes_per_owner: 2_000,
+            max_total_bytes: 5_000,
+            max_message_bytes: 1_500,
+            max_age: Duration::from_millis(500),
+        };
+        let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
+        let base = Instant::now();
+        let mut now = base;
+        let mut r = Reassembler::new(limits.clone());
+        let mut completed = 0;
+        let mut dropped = [0usize; 8];
+        for step in 0..200_000u32 {
+            now += Duration::from_micros(rng.below(200));
+            match rng.below(1000) {
+                0 => r.remove_owner(rng.below(6)),
+                1..=20 => {
+                    r.expire(now);
+                    if let Some(at) = r.next_expiry() {
+                        assert!(at > now);
+                    }
+                }
+                _ => {
+                    let owner = rng.below(6);
+                    let msg_id = rng.below(12) as u32;
+                    let count = match rng.below(10) {
+                        0 => rng.next() as u16,
+                        1 => 1,
+                        _ => 1 + rng.below(5) as u16,
+                    };
+                    let index = if rng.below(20) == 0 {
+                        rng.next() as u16
+                    } else {
+                        rng.below(u64::from(count).max(1)) as u16
+                    };
+                    let len = match rng.below(10) {
+                        0 => 1 + rng.below(1_600) as usize,
+                        _ => rng.below(300) as usize,
+                    };
+                    let mut value = Vec::with_capacity(8 + len);
+                    value.extend_from_slice(&msg_id.to_be_bytes());
+                    value.extend_from_slice(&index.to_be_bytes());
+                    value.extend_from_slice(&count.to_be_bytes());
+                    value.extend_from_slice(&rng.bytes(len));
+                    if let Some(f) = parse_fragment(&value) {
+                        match r.insert(now, owner, &f) {
+                            Outcome::Complete(p) => {
+                                assert!(p.len() <= limits.max_message_bytes);
+                                completed += 1;
+                            }
+                            Outcome::Dropped(why) => {
+                                assert_ne!(why, DropReason::Expired);
+                                dropped[why as usize] += 1;
+                            }
+                            Outcome::Incomplete => {}
+                        }
+                    }
+                }
+            }
+            assert!(r.total_bytes() <= limits.max_total_bytes);
+            for owner in 0..6 {
+                let (held, bytes) = r.owner_usage(owner);
+                assert!(held <= limits.max_partials_per_owner);
+                assert!(bytes <= limits.max_bytes_per_owner);
+            }
+            if step % 1000 == 0 {
+                check_invariants(&r);
+            }
+        }
+        check_invariants(&r);
+        // The generator must actually exercise both paths.
+        assert!(completed > 100, "completed {completed}");
+        assert!(
+            dropped.iter().filter(|&&n| n > 0).count() >= 5,
+            "{dropped:?}"
+        );
+        // Everything left eventually expires.
+        r.expire(now + limits.max_age);
+        assert_eq!((r.partials(), r.total_bytes()), (0, 0));
+        assert!(r.owners.is_empty());
+    }
+}

@@ -1,0 +1,25 @@
+//! mcrelay: a small, hardened relay that turns an open UDP multicast group
+//! into a secure, managed relay (protocol v1, see PROTOCOL.md).
+//!
+//! The protocol logic is sans-IO: [`relay::Relay`] (server) and
+//! [`client::ClientCore`] (client) take the caller's time and datagrams and
+//! return datagrams to send; they own no socket and read no clock. The thin
+//! IO shells are [`server::Server`] (one mio loop) and
+//! [`udp_client::UdpClient`] (blocking std socket).
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod cookie;
+pub mod fragment;
+pub mod keys;
+pub mod ratelimit;
+pub mod relay;
+pub mod replay;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod timer;
+pub mod tlv;
+pub mod udp_client;
+pub mod wire;

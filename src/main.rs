@@ -1,0 +1,50 @@
+//! The `mcrelay` command: one binary, several subcommands.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+mcrelay: a secure, managed relay for an open UDP multicast group
+
+USAGE:
+    mcrelay <COMMAND> [OPTIONS]
+
+COMMANDS:
+    serve         run the relay (safe defaults: no flags needed)
+    fingerprint   print the SHA-256 fingerprint of a key file's public key
+    help          print this text; `mcrelay <COMMAND> --help` for a command's flags
+
+OPTIONS:
+    -h, --help       print help
+    -V, --version    print the version
+";
+
+fn main() -> ExitCode {
+    let mut args = pico_args::Arguments::from_env();
+    let sub = args.subcommand().unwrap_or(None);
+    let result = match sub.as_deref() {
+        Some("serve") => cmd::serve::run(args),
+        Some("fingerprint") => cmd::fingerprint::run(args),
+        Some("help") | None if !args.contains(["-V", "--version"]) => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        None | Some("-V") | Some("--version") => {
+            println!("mcrelay {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Some("-h") | Some("--help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command '{other}' (try: mcrelay --help)")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("mcrelay: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
