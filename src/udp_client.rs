@@ -79,6 +79,7 @@ pub struct UdpClient {
     scratch_events: Vec<ClientEvent>,
     buf: Vec<u8>,
     fingerprint: Option<String>,
+    largest_received: usize,
 }
 
 impl UdpClient {
@@ -117,6 +118,7 @@ impl UdpClient {
             scratch_events: Vec::new(),
             buf: vec![0; 65536],
             fingerprint: None,
+            largest_received: 0,
         })
     }
 
@@ -143,6 +145,19 @@ impl UdpClient {
     /// True while a session is established.
     pub fn is_established(&self) -> bool {
         self.core.is_established()
+    }
+
+    /// The largest datagram received from the server so far.
+    pub fn largest_received(&self) -> usize {
+        self.largest_received
+    }
+
+    /// Seals a message into the datagrams that would carry it, without
+    /// sending them (tests reorder, duplicate or replay them).
+    pub fn prepare(&mut self, body: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        self.core.send(body, &mut out);
+        out
     }
 
     /// Sends raw bytes to the server (for tests and tools).
@@ -219,6 +234,7 @@ impl UdpClient {
             if self.server.is_some_and(|s| s != from) {
                 continue;
             }
+            self.largest_received = self.largest_received.max(n);
             let r = self.core.handle_datagram(
                 Instant::now(),
                 &self.buf[..n],

@@ -10,6 +10,7 @@ import struct
 import sys
 import traceback
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mcrelay_client import protocol as p  # noqa: E402
