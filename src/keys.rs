@@ -50,6 +50,7 @@ impl fmt::Display for KeyError {
 impl std::error::Error for KeyError {}
 
 /// The server's key pair with its encoded public half.
+#[derive(Clone)]
 pub struct ServerKey {
     private: PrivateKey,
     public_der: Vec<u8>,

@@ -13,7 +13,10 @@ use common::*;
 
 fn python() -> Command {
     let mut c = Command::new("python3");
-    c.env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/interop/python"));
+    c.env(
+        "PYTHONPATH",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/interop/python"),
+    );
     c
 }
 
@@ -27,7 +30,13 @@ impl Listener {
     fn start(server: &Server, extra: &[&str]) -> Listener {
         let port = server.port.to_string();
         let mut child = python()
-            .args(["-m", "mcrelay_client", "listen", "--server", &format!("127.0.0.1:{port}")])
+            .args([
+                "-m",
+                "mcrelay_client",
+                "listen",
+                "--server",
+                &format!("127.0.0.1:{port}"),
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -69,11 +78,18 @@ impl Drop for Listener {
 #[test]
 fn python_protocol_selftest_passes() {
     let out = python()
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/interop/python/selftest.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/interop/python/selftest.py"
+        ))
         .output()
         .expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
 
@@ -82,7 +98,9 @@ fn python_and_rust_clients_relay_both_ways_through_the_rust_server() {
     let server = Server::start(&[]);
     let mut rust = server.client();
     let py = Listener::start(&server, &[]);
-    let py_id = match expect_event(&mut rust, "python join", |e| matches!(e, mcrelay::client::ClientEvent::PeerJoined(_))) {
+    let py_id = match expect_event(&mut rust, "python join", |e| {
+        matches!(e, mcrelay::client::ClientEvent::PeerJoined(_))
+    }) {
         mcrelay::client::ClientEvent::PeerJoined(id) => id,
         _ => unreachable!(),
     };
@@ -105,7 +123,10 @@ fn python_and_rust_clients_relay_both_ways_through_the_rust_server() {
             .unwrap();
         assert!(st.success());
         let sender = expect_message(&mut rust, msg.as_bytes());
-        assert!(sender.starts_with("127.0.0.1:") && sender != py_id, "a separate python sender");
+        assert!(
+            sender.starts_with("127.0.0.1:") && sender != py_id,
+            "a separate python sender"
+        );
     }
     rust.bye().unwrap();
     py.expect_line(|l| l == format!("* {rust_id} left (bye)"));
@@ -121,11 +142,26 @@ fn python_client_handshakes_through_the_multicast_group_with_a_pin_and_token() {
     let server = Server::start(&["--token-file", token]);
     let fp = server.find_log("fingerprint (sha256)").unwrap();
     let fp = fp.rsplit(' ').next().unwrap();
-    let opts = mcrelay::client::ClientOptions { access_token: Some(b"open sesame".to_vec()), ..Default::default() };
+    let opts = mcrelay::client::ClientOptions {
+        access_token: Some(b"open sesame".to_vec()),
+        ..Default::default()
+    };
     let mut rust = server.client_with(opts);
     rust.connect(DEADLINE).unwrap();
-    let py = Listener::start(&server, &["--group", "239.255.0.77", "--token-file", token, "--pin", fp]);
-    expect_event(&mut rust, "python join", |e| matches!(e, mcrelay::client::ClientEvent::PeerJoined(_)));
+    let py = Listener::start(
+        &server,
+        &[
+            "--group",
+            "239.255.0.77",
+            "--token-file",
+            token,
+            "--pin",
+            fp,
+        ],
+    );
+    expect_event(&mut rust, "python join", |e| {
+        matches!(e, mcrelay::client::ClientEvent::PeerJoined(_))
+    });
     rust.send(b"pinned").unwrap();
     py.expect_line(|l| l.ends_with("] pinned"));
 
@@ -133,7 +169,18 @@ fn python_client_handshakes_through_the_multicast_group_with_a_pin_and_token() {
     let port = format!("127.0.0.1:{}", server.port);
     let wrong_pin = "0".repeat(64);
     let out = python()
-        .args(["-m", "mcrelay_client", "send", "--server", &port, "--token-file", token, "--pin", &wrong_pin, "x"])
+        .args([
+            "-m",
+            "mcrelay_client",
+            "send",
+            "--server",
+            &port,
+            "--token-file",
+            token,
+            "--pin",
+            &wrong_pin,
+            "x",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

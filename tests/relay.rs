@@ -25,9 +25,12 @@ fn handshake_over_unicast_gives_ip_port_id() {
 fn handshake_over_the_group_then_relay() {
     let server = Server::start(&[]);
     let mut g = server.group_client();
-    g.connect(DEADLINE).expect("handshake through the multicast group");
+    g.connect(DEADLINE)
+        .expect("handshake through the multicast group");
     let mut u = server.client();
-    expect_event(&mut g, "join notice", |e| matches!(e, ClientEvent::PeerJoined(_)));
+    expect_event(&mut g, "join notice", |e| {
+        matches!(e, ClientEvent::PeerJoined(_))
+    });
     g.send(b"via group").unwrap();
     assert_eq!(expect_message(&mut u, b"via group"), g.id().unwrap());
 }
@@ -38,7 +41,9 @@ fn three_clients_each_message_once_to_each_other_never_echoed() {
     let mut cs: Vec<_> = (0..3).map(|_| server.client()).collect();
     // Wait until every join notice went out, so the relay phase is clean.
     let last = cs[2].id().unwrap().to_string();
-    expect_event(&mut cs[0], "last join", |e| *e == ClientEvent::PeerJoined(last.clone()));
+    expect_event(&mut cs[0], "last join", |e| {
+        *e == ClientEvent::PeerJoined(last.clone())
+    });
     drain_all(&mut cs);
     for (i, c) in cs.iter_mut().enumerate() {
         for n in 0..5 {
@@ -49,12 +54,18 @@ fn three_clients_each_message_once_to_each_other_never_echoed() {
     for (i, c) in cs.iter_mut().enumerate() {
         let mut got = Vec::new();
         while got.len() < 10 {
-            let e = expect_event(c, "relayed message", |e| matches!(e, ClientEvent::Message { .. }));
+            let e = expect_event(c, "relayed message", |e| {
+                matches!(e, ClientEvent::Message { .. })
+            });
             if let ClientEvent::Message { sender, body } = e {
                 got.push((sender, String::from_utf8(body).unwrap()));
             }
         }
-        got.extend(messages(&drain(c, QUIET)).into_iter().map(|(s, b)| (s, String::from_utf8(b).unwrap())));
+        got.extend(
+            messages(&drain(c, QUIET))
+                .into_iter()
+                .map(|(s, b)| (s, String::from_utf8(b).unwrap())),
+        );
         got.sort();
         let mut want = Vec::new();
         for (j, id) in ids.iter().enumerate().filter(|(j, _)| *j != i) {
@@ -63,7 +74,10 @@ fn three_clients_each_message_once_to_each_other_never_echoed() {
             }
         }
         want.sort();
-        assert_eq!(got, want, "client {i} gets each other's messages exactly once, never its own");
+        assert_eq!(
+            got, want,
+            "client {i} gets each other's messages exactly once, never its own"
+        );
     }
 }
 
@@ -79,10 +93,15 @@ fn join_and_leave_notices() {
     let mut a = server.client();
     let mut b = server.client();
     let b_id = b.id().unwrap().to_string();
-    expect_event(&mut a, "PEER_JOINED", |e| *e == ClientEvent::PeerJoined(b_id.clone()));
+    expect_event(&mut a, "PEER_JOINED", |e| {
+        *e == ClientEvent::PeerJoined(b_id.clone())
+    });
     b.bye().unwrap();
     expect_event(&mut a, "PEER_LEFT bye", |e| {
-        *e == ClientEvent::PeerLeft { id: b_id.clone(), reason: Some(LeaveReason::Bye) }
+        *e == ClientEvent::PeerLeft {
+            id: b_id.clone(),
+            reason: Some(LeaveReason::Bye),
+        }
     });
 }
 
@@ -94,7 +113,10 @@ fn twenty_kib_both_ways_in_datagrams_of_at_most_1200_bytes() {
     drain(&mut a, QUIET);
     let big_a: Vec<u8> = (0..20 * 1024).map(|i| (i % 251) as u8).collect();
     let big_b: Vec<u8> = (0..20 * 1024).map(|i| (i % 241) as u8).collect();
-    assert!(a.prepare(&big_a).iter().all(|d| d.len() <= 1200), "client fragments too");
+    assert!(
+        a.prepare(&big_a).iter().all(|d| d.len() <= 1200),
+        "client fragments too"
+    );
     a.send(&big_a).unwrap();
     assert_eq!(expect_message(&mut b, &big_a), a.id().unwrap());
     b.send(&big_b).unwrap();
@@ -127,7 +149,9 @@ fn shuffled_fragments_reassemble_and_a_duplicate_drops_the_message() {
         a.send_raw(f).unwrap();
     }
     a.send(b"after").unwrap();
-    let got = expect_event(&mut b, "next message", |e| matches!(e, ClientEvent::Message { .. }));
+    let got = expect_event(&mut b, "next message", |e| {
+        matches!(e, ClientEvent::Message { .. })
+    });
     assert!(matches!(got, ClientEvent::Message { body, .. } if body == b"after"));
     server_debug_contains(&server, "duplicate");
 }
@@ -135,7 +159,11 @@ fn shuffled_fragments_reassemble_and_a_duplicate_drops_the_message() {
 fn server_debug_contains(server: &Server, needle: &str) {
     let end = std::time::Instant::now() + DEADLINE;
     while server.find_log(needle).is_none() {
-        assert!(std::time::Instant::now() < end, "no {needle:?} in the log:\n{}", server.log_text());
+        assert!(
+            std::time::Instant::now() < end,
+            "no {needle:?} in the log:\n{}",
+            server.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -152,7 +180,11 @@ fn replayed_data_is_relayed_once() {
     a.send_raw(&d[0]).unwrap();
     a.send(b"marker").unwrap();
     let got = messages(&{
-        let mut v = vec![expect_event(&mut b, "marker", |e| matches!(e, ClientEvent::Message { body, .. } if body == b"marker"))];
+        let mut v = vec![expect_event(
+            &mut b,
+            "marker",
+            |e| matches!(e, ClientEvent::Message { body, .. } if body == b"marker"),
+        )];
         v.extend(drain(&mut b, QUIET));
         v
     });
@@ -174,7 +206,9 @@ fn replay_received_before_marker_counts_once() {
     a.send(b"end").unwrap();
     let mut seen = Vec::new();
     loop {
-        match expect_event(&mut b, "message", |e| matches!(e, ClientEvent::Message { .. })) {
+        match expect_event(&mut b, "message", |e| {
+            matches!(e, ClientEvent::Message { .. })
+        }) {
             ClientEvent::Message { body, .. } if body == b"end" => break,
             ClientEvent::Message { body, .. } => seen.push(body),
             _ => {}
@@ -202,7 +236,9 @@ fn idle_client_times_out_and_then_gets_reject_unknown_session() {
         }
     }
     b.send(b"anyone?").unwrap();
-    expect_event(&mut b, "REJECT 1", |e| *e == ClientEvent::Rejected(RejectReason::UnknownSession));
+    expect_event(&mut b, "REJECT 1", |e| {
+        *e == ClientEvent::Rejected(RejectReason::UnknownSession)
+    });
 }
 
 #[test]
@@ -222,12 +258,19 @@ fn re_handshake_replaces_the_key_and_restarts_seq() {
     a.send_raw(&old[0]).unwrap(); // sealed under the replaced key
     a.send(b"last").unwrap();
     let rest = messages(&{
-        let mut v = vec![expect_event(&mut b, "last", |e| matches!(e, ClientEvent::Message { body, .. } if body == b"last"))];
+        let mut v = vec![expect_event(
+            &mut b,
+            "last",
+            |e| matches!(e, ClientEvent::Message { body, .. } if body == b"last"),
+        )];
         v.extend(drain(&mut b, QUIET));
         v
     });
     assert!(rest.iter().all(|(_, m)| m != b"old key"));
-    let joins = drain(&mut b, QUIET).iter().filter(|e| matches!(e, ClientEvent::PeerJoined(_))).count();
+    let joins = drain(&mut b, QUIET)
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::PeerJoined(_)))
+        .count();
     assert_eq!(joins, 0, "a re-key is not a new join");
 }
 
@@ -237,11 +280,17 @@ fn access_token_accepted_and_refused() {
     let token = dir.join("token");
     std::fs::write(&token, "sesame\n").unwrap();
     let server = Server::start(&["--token-file", token.to_str().unwrap()]);
-    let good = ClientOptions { access_token: Some(b"sesame".to_vec()), ..Default::default() };
+    let good = ClientOptions {
+        access_token: Some(b"sesame".to_vec()),
+        ..Default::default()
+    };
     let mut ok = server.client_with(good);
     ok.connect(DEADLINE).expect("right token");
     for bad in [None, Some(b"sesam".to_vec()), Some(b"sesame\n".to_vec())] {
-        let mut c = server.client_with(ClientOptions { access_token: bad.clone(), ..Default::default() });
+        let mut c = server.client_with(ClientOptions {
+            access_token: bad.clone(),
+            ..Default::default()
+        });
         match c.connect(DEADLINE) {
             Err(mcrelay::udp_client::ConnectError::Rejected(RejectReason::AuthFailed)) => {}
             other => panic!("token {bad:?}: expected REJECT 2, got {other:?}"),
@@ -256,10 +305,15 @@ fn stranger_gets_reject_unknown_session_and_nothing_else() {
     let mut s = server.client_with(ClientOptions::default());
     // A DATA TLV with a junk token from an address that never shook hands.
     s.send_raw(&[0, 5, 0, 4, b'j', b'u', b'n', b'k']).unwrap();
-    expect_event(&mut s, "REJECT 1", |e| *e == ClientEvent::Rejected(RejectReason::UnknownSession));
-    s.send_raw(&[0, 6, 0, 9, 0, 0, 0, 1, 0, 0, 0, 2, b'x']).unwrap(); // a fragment
+    expect_event(&mut s, "REJECT 1", |e| {
+        *e == ClientEvent::Rejected(RejectReason::UnknownSession)
+    });
+    s.send_raw(&[0, 6, 0, 9, 0, 0, 0, 1, 0, 0, 0, 2, b'x'])
+        .unwrap(); // a fragment
     let later = drain(&mut s, QUIET);
-    assert!(later.iter().all(|e| matches!(e, ClientEvent::Rejected(RejectReason::UnknownSession))));
+    assert!(later
+        .iter()
+        .all(|e| matches!(e, ClientEvent::Rejected(RejectReason::UnknownSession))));
     assert!(messages(&drain(&mut member, QUIET)).is_empty());
 }
 
@@ -273,12 +327,17 @@ fn short_hello_gets_no_answer() {
     short.resize(255, 0);
     sock.send_to(&short, server.addr()).unwrap();
     let mut buf = [0u8; 2048];
-    assert!(sock.recv_from(&mut buf).is_err(), "a 255-byte HELLO must get silence");
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "a 255-byte HELLO must get silence"
+    );
     short.push(0);
     short[3] = 252;
     sock.send_to(&short, server.addr()).unwrap();
     sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let (n, _) = sock.recv_from(&mut buf).expect("a 256-byte HELLO gets SERVER_KEY + COOKIE");
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .expect("a 256-byte HELLO gets SERVER_KEY + COOKIE");
     assert!(n <= 3 * 256, "anti-amplification: {n} bytes");
     assert_eq!(&buf[..2], &[0, 2]);
     drop(c);
@@ -291,7 +350,9 @@ fn shutdown_by_sigterm_sends_server_closing_and_exits_0() {
     let pid = server.child.id() as i32;
     // SAFETY: plain kill(2) on our own child.
     assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
-    expect_event(&mut a, "SERVER_CLOSING", |e| *e == ClientEvent::ServerClosing);
+    expect_event(&mut a, "SERVER_CLOSING", |e| {
+        *e == ClientEvent::ServerClosing
+    });
     let status = server.wait_exit(DEADLINE).expect("server exits");
     assert!(status.success(), "{status}");
 }
@@ -302,7 +363,11 @@ extern "C" {
 }
 
 pub fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("mcrelay-test-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let d = std::env::temp_dir().join(format!(
+        "mcrelay-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

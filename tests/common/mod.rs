@@ -34,7 +34,15 @@ impl Server {
     /// Starts `mcrelay serve --port 0 --iface 127.0.0.1 --admin-port 0 ARGS`.
     pub fn start(args: &[&str]) -> Server {
         let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--port", "0", "--iface", "127.0.0.1", "--log-level", "debug"]);
+        cmd.args([
+            "serve",
+            "--port",
+            "0",
+            "--iface",
+            "127.0.0.1",
+            "--log-level",
+            "debug",
+        ]);
         if !args.contains(&"--admin-port") && !args.contains(&"--no-admin") {
             cmd.args(["--admin-port", "0"]);
         }
@@ -59,10 +67,22 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut server = Server { child, port: 0, admin_port: None, log };
+        let mut server = Server {
+            child,
+            port: 0,
+            admin_port: None,
+            log,
+        };
         let line = server.wait_log("listening on udp", DEADLINE);
-        server.port = line.rsplit_once("listening on udp 0.0.0.0:").unwrap().1
-            .split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+        server.port = line
+            .rsplit_once("listening on udp 0.0.0.0:")
+            .unwrap()
+            .1
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         if let Some(l) = server.find_log("admin listening on") {
             server.admin_port = Some(l.rsplit_once(':').unwrap().1.trim().parse().unwrap());
         }
@@ -71,7 +91,12 @@ impl Server {
 
     /// The first log line containing `needle`, if any yet.
     pub fn find_log(&self, needle: &str) -> Option<String> {
-        self.log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
     }
 
     /// Polls the log until a line contains `needle`.
@@ -82,9 +107,16 @@ impl Server {
                 return l;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("server exited ({status}) before logging {needle:?}:\n{}", self.log_text());
+                panic!(
+                    "server exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < end, "no log line {needle:?} within {within:?}:\n{}", self.log_text());
+            assert!(
+                Instant::now() < end,
+                "no log line {needle:?} within {within:?}:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -113,7 +145,12 @@ impl Server {
 
     /// A client that reaches the server through the multicast group.
     pub fn group_client(&self) -> UdpClient {
-        let target = Target::Multicast { group: GROUP, port: self.port, iface: Ipv4Addr::LOCALHOST, ttl: 0 };
+        let target = Target::Multicast {
+            group: GROUP,
+            port: self.port,
+            iface: Ipv4Addr::LOCALHOST,
+            ttl: 0,
+        };
         UdpClient::new(target, ClientOptions::default()).unwrap()
     }
 
@@ -141,7 +178,11 @@ impl Drop for Server {
 
 /// Receives until `pred` matches an event (returned) or the deadline passes
 /// (panics). Events that don't match are collected in `skipped`.
-pub fn expect_event(c: &mut UdpClient, what: &str, pred: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
+pub fn expect_event(
+    c: &mut UdpClient,
+    what: &str,
+    pred: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
     let end = Instant::now() + DEADLINE;
     let mut skipped = Vec::new();
     while Instant::now() < end {
@@ -176,7 +217,11 @@ pub fn messages(events: &[ClientEvent]) -> Vec<(String, Vec<u8>)> {
 
 /// Waits for a message with `body` and returns its sender.
 pub fn expect_message(c: &mut UdpClient, body: &[u8]) -> String {
-    match expect_event(c, "message", |e| matches!(e, ClientEvent::Message { body: b, .. } if b == body)) {
+    match expect_event(
+        c,
+        "message",
+        |e| matches!(e, ClientEvent::Message { body: b, .. } if b == body),
+    ) {
         ClientEvent::Message { sender, .. } => sender,
         _ => unreachable!(),
     }
