@@ -8,13 +8,17 @@
 //! [`udp_client::UdpClient`] (blocking std socket).
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod cookie;
 pub mod fragment;
 pub mod keys;
+pub mod logring;
 pub mod ratelimit;
 pub mod relay;
+#[cfg(test)]
+mod relay_tests;
 pub mod replay;
 pub mod server;
 pub mod session;

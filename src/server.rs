@@ -12,11 +12,15 @@ use mio::net::{UdpSocket, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::admin::{Action, Admin};
 use crate::relay::{Relay, Transmits};
 
 const UDP: Token = Token(0);
 const SIG_STOP: Token = Token(1);
 const SIG_HUP: Token = Token(2);
+const ADMIN_LISTENER: Token = Token(3);
+/// Admin sessions get tokens from here up.
+const ADMIN_SESSIONS: usize = 16;
 
 /// Datagrams read per wakeup before timers and other sockets get a turn.
 const RECV_BUDGET: usize = 256;
@@ -103,7 +107,7 @@ fn drain(s: &mut UnixStream) {
 }
 
 /// Called on SIGHUP: re-reads whatever files the caller owns.
-pub type Reload = Box<dyn FnMut(&mut Relay)>;
+pub type Reload = Box<dyn FnMut(&mut Relay, Option<&mut Admin>)>;
 
 /// The relay on its sockets.
 pub struct Server {
@@ -111,6 +115,7 @@ pub struct Server {
     udp: UdpSocket,
     signals: Signals,
     relay: Relay,
+    admin: Option<Admin>,
     out: Transmits,
     buf: Vec<u8>,
     reload: Option<Reload>,
@@ -118,7 +123,12 @@ pub struct Server {
 
 impl Server {
     /// Wraps an opened socket and a relay core.
-    pub fn new(udp: std::net::UdpSocket, relay: Relay, signals: Signals) -> io::Result<Self> {
+    pub fn new(
+        udp: std::net::UdpSocket,
+        relay: Relay,
+        signals: Signals,
+        admin: Option<Admin>,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut udp = UdpSocket::from_std(udp);
         let mut signals = signals;
@@ -128,11 +138,16 @@ impl Server {
             .register(&mut signals.stop, SIG_STOP, Interest::READABLE)?;
         poll.registry()
             .register(&mut signals.hup, SIG_HUP, Interest::READABLE)?;
+        let mut admin = admin;
+        if let Some(a) = admin.as_mut() {
+            a.register(poll.registry(), ADMIN_LISTENER, ADMIN_SESSIONS)?;
+        }
         Ok(Server {
             poll,
             udp,
             signals,
             relay,
+            admin,
             out: Transmits::new(),
             buf: vec![0; 65536],
             reload: None,
@@ -170,24 +185,44 @@ impl Server {
                     UDP => self.read_udp(),
                     SIG_STOP => {
                         drain(&mut self.signals.stop);
+                        info!("signal received");
                         stop = true;
                     }
                     SIG_HUP => {
                         drain(&mut self.signals.hup);
                         if let Some(reload) = self.reload.as_mut() {
-                            reload(&mut self.relay);
+                            reload(&mut self.relay, self.admin.as_mut());
                         }
                     }
-                    _ => {}
+                    token => {
+                        if let Some(admin) = self.admin.as_mut().filter(|a| a.owns(token)) {
+                            let registry = self.poll.registry();
+                            let action = admin.handle(
+                                registry,
+                                token,
+                                &mut self.relay,
+                                &mut self.out,
+                                Instant::now(),
+                            );
+                            stop |= action == Action::Shutdown;
+                        }
+                    }
                 }
             }
             self.relay.handle_timeout(Instant::now(), &mut self.out);
             self.send_all();
             if stop {
-                info!("signal received: shutting down");
+                info!("shutting down");
                 self.relay.shutdown(&mut self.out);
                 self.send_all();
+                if let Some(admin) = self.admin.as_mut() {
+                    admin.flush(self.poll.registry());
+                    admin.farewell(self.poll.registry(), "server shutting down");
+                }
                 return Ok(());
+            }
+            if let Some(admin) = self.admin.as_mut() {
+                admin.flush(self.poll.registry());
             }
         }
     }

@@ -347,19 +347,12 @@ fn short_hello_gets_no_answer() {
 fn shutdown_by_sigterm_sends_server_closing_and_exits_0() {
     let mut server = Server::start(&[]);
     let mut a = server.client();
-    let pid = server.child.id() as i32;
-    // SAFETY: plain kill(2) on our own child.
-    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
+    signal(&server, 15);
     expect_event(&mut a, "SERVER_CLOSING", |e| {
         *e == ClientEvent::ServerClosing
     });
     let status = server.wait_exit(DEADLINE).expect("server exits");
     assert!(status.success(), "{status}");
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 pub fn tempdir() -> std::path::PathBuf {

@@ -1,12 +1,14 @@
 //! `mcrelay serve`: flags → config → sockets → the loop.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use log::{info, LevelFilter};
+use log::{info, warn, LevelFilter};
+use mcrelay::admin::{Admin, AdminConfig};
 use mcrelay::config::Config;
 use mcrelay::keys::ServerKey;
+use mcrelay::logring;
 use mcrelay::relay::Relay;
 use mcrelay::server::{self, Listen, Server, Signals};
 
@@ -47,11 +49,17 @@ REASSEMBLY (fragments of large messages):
     --reassembly-message-bytes N largest reassembled message [default: 65536]
     --reassembly-age SECS        drop partial messages older than this [default: 10]
 
-ADMIN:
-    --admin-port PORT            TCP admin port [default: 5008]
+ADMIN (plain text over TCP, e.g. `nc 127.0.0.1 5008`; type help):
+    --admin-bind ADDR            address of the admin channel [default: 127.0.0.1]
+    --admin-port PORT            TCP admin port (0 picks a free one) [default: 5008]
+    --no-admin                   no admin channel
+    --admin-max-sessions N       admin sessions at once [default: 4]
+    --admin-token-file PATH      sessions must first send `auth TOKEN` [default: none]
+    --admin-insecure             allow a non-loopback --admin-bind without a token file
 
 LOGGING:
-    --log-level LEVEL            off, error, warn, info, debug or trace [default: info]
+    --log-level LEVEL            stderr: off, error, warn, info, debug or trace [default: info]
+    --log-ring N                 log records kept for admin sessions [default: 1024]
 ";
 
 /// Parses `serve` flags and runs the relay until a signal stops it.
@@ -102,11 +110,23 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     r.max_message_bytes =
         opt(&mut args, "--reassembly-message-bytes")?.unwrap_or(r.max_message_bytes);
     r.max_age = secs(opt(&mut args, "--reassembly-age")?, r.max_age);
-    let _admin_port: u16 = opt(&mut args, "--admin-port")?.unwrap_or(5008);
+    let admin_bind: IpAddr =
+        opt(&mut args, "--admin-bind")?.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let admin_port: u16 = opt(&mut args, "--admin-port")?.unwrap_or(5008);
+    let no_admin = args.contains("--no-admin");
+    let admin_max_sessions: usize = opt(&mut args, "--admin-max-sessions")?.unwrap_or(4);
+    let admin_token_file: Option<String> = opt(&mut args, "--admin-token-file")?;
+    let admin_insecure = args.contains("--admin-insecure");
     let level: LevelFilter = opt(&mut args, "--log-level")?.unwrap_or(LevelFilter::Info);
+    let log_ring: usize = opt(&mut args, "--log-ring")?.unwrap_or(1024);
     finish(args)?;
+    if !no_admin && !admin_bind.is_loopback() && admin_token_file.is_none() && !admin_insecure {
+        return Err(format!(
+            "--admin-bind {admin_bind} is not loopback: give --admin-token-file (or --admin-insecure)"
+        ));
+    }
 
-    init_logging(level);
+    logring::init(level, log_ring);
     if let Some(path) = &token_file {
         let token = read_token_file(path)?;
         if token.len() > mcrelay::wire::MAX_ACCESS_TOKEN_LEN {
@@ -132,20 +152,38 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     let fingerprint = key.fingerprint();
     let udp = server::open_udp(&listen)?;
     let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let admin = if no_admin {
+        None
+    } else {
+        let token = admin_token_file
+            .as_deref()
+            .map(read_token_file)
+            .transpose()?;
+        let config = AdminConfig {
+            bind: SocketAddr::new(admin_bind, admin_port),
+            max_sessions: admin_max_sessions,
+            token,
+        };
+        let admin = Admin::bind(config).map_err(|e| {
+            format!("cannot listen for admin sessions on {admin_bind}:{admin_port}: {e}")
+        })?;
+        let addr = admin.local_addr().map_err(|e| e.to_string())?;
+        info!("admin listening on {addr}");
+        Some(admin)
+    };
     let relay = Relay::new(config, key, Instant::now());
-    let mut server = Server::new(udp, relay, signals)
+    let mut server = Server::new(udp, relay, signals, admin)
         .map_err(|e| format!("cannot start the event loop: {e}"))?;
-    if let Some(path) = token_file {
-        server.on_reload(Box::new(move |relay: &mut Relay| {
-            match read_token_file(&path) {
-                Ok(t) => {
-                    relay.set_access_token(Some(t));
-                    info!("SIGHUP: re-read token file {path}");
-                }
-                Err(e) => log::warn!("SIGHUP: {e}; keeping the old token"),
-            }
-        }));
-    }
+    server.on_reload(Box::new(
+        move |relay: &mut Relay, admin: Option<&mut Admin>| {
+            reload_tokens(
+                relay,
+                admin,
+                token_file.as_deref(),
+                admin_token_file.as_deref(),
+            )
+        },
+    ));
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     let ifaces: Vec<String> = listen.ifaces.iter().map(|i| i.to_string()).collect();
     info!(
@@ -158,11 +196,32 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 
-fn init_logging(level: LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_target_level(LevelFilter::Off)
-        .set_thread_level(LevelFilter::Off)
-        .build();
-    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+/// SIGHUP: re-read both token files; a file that became unreadable keeps the old token.
+fn reload_tokens(
+    relay: &mut Relay,
+    admin: Option<&mut Admin>,
+    relay_file: Option<&str>,
+    admin_file: Option<&str>,
+) {
+    if let Some(path) = relay_file {
+        match read_token_file(path) {
+            Ok(t) => {
+                relay.set_access_token(Some(t));
+                info!("SIGHUP: re-read token file {path}");
+            }
+            Err(e) => warn!("SIGHUP: {e}; keeping the old token"),
+        }
+    }
+    if let (Some(path), Some(admin)) = (admin_file, admin) {
+        match read_token_file(path) {
+            Ok(t) => {
+                admin.set_token(Some(t));
+                info!("SIGHUP: re-read admin token file {path}");
+            }
+            Err(e) => warn!("SIGHUP: {e}; keeping the old admin token"),
+        }
+    }
+    if relay_file.is_none() && admin_file.is_none() {
+        info!("SIGHUP: no token files to re-read");
+    }
 }

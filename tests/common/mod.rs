@@ -34,15 +34,10 @@ impl Server {
     /// Starts `mcrelay serve --port 0 --iface 127.0.0.1 --admin-port 0 ARGS`.
     pub fn start(args: &[&str]) -> Server {
         let mut cmd = Command::new(bin());
-        cmd.args([
-            "serve",
-            "--port",
-            "0",
-            "--iface",
-            "127.0.0.1",
-            "--log-level",
-            "debug",
-        ]);
+        cmd.args(["serve", "--port", "0", "--iface", "127.0.0.1"]);
+        if !args.contains(&"--log-level") {
+            cmd.args(["--log-level", "debug"]);
+        }
         if !args.contains(&"--admin-port") && !args.contains(&"--no-admin") {
             cmd.args(["--admin-port", "0"]);
         }
@@ -154,6 +149,18 @@ impl Server {
         UdpClient::new(target, ClientOptions::default()).unwrap()
     }
 
+    /// Resident memory of the server process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Opens an admin session (the server must have been started with an admin port).
+    pub fn admin(&self) -> AdminConn {
+        AdminConn::connect(self.admin_port.expect("admin port"))
+    }
+
     /// Waits for the process to exit; None if it is still running after `within`.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + within;
@@ -225,4 +232,108 @@ pub fn expect_message(c: &mut UdpClient, body: &[u8]) -> String {
         ClientEvent::Message { sender, .. } => sender,
         _ => unreachable!(),
     }
+}
+
+/// A line-oriented admin session, as a script would use it.
+pub struct AdminConn {
+    pub reader: std::io::BufReader<std::net::TcpStream>,
+    pub stream: std::net::TcpStream,
+}
+
+impl AdminConn {
+    /// Connects and reads the greeting line.
+    pub fn connect(port: u16) -> AdminConn {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut c = AdminConn { reader, stream };
+        let greeting = c.line().expect("greeting");
+        assert!(
+            greeting.starts_with("mcrelay ") || greeting.starts_with("ERR"),
+            "{greeting}"
+        );
+        c
+    }
+
+    /// The next line without its newline; None at EOF.
+    pub fn line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        match self.reader.read_line(&mut l) {
+            Ok(0) => None,
+            Ok(_) => Some(l.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => None,
+            Err(e) => panic!("admin read: {e}"),
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Sends a command; returns the reply lines before the final `OK`/`ERR ..`
+    /// line, and that line. Live log lines (timestamped) are skipped.
+    pub fn cmd(&mut self, line: &str) -> (Vec<String>, String) {
+        self.send(format!("{line}\n").as_bytes());
+        self.reply()
+    }
+
+    /// Like `cmd`, but keeps timestamped lines (for `log tail`; use after `log off`).
+    pub fn cmd_all(&mut self, line: &str) -> (Vec<String>, String) {
+        self.send(format!("{line}\n").as_bytes());
+        self.read_reply(true)
+    }
+
+    /// Reads one reply (see `cmd`).
+    pub fn reply(&mut self) -> (Vec<String>, String) {
+        self.read_reply(false)
+    }
+
+    fn read_reply(&mut self, keep_log_lines: bool) -> (Vec<String>, String) {
+        let mut body = Vec::new();
+        loop {
+            let l = self.line().expect("admin session closed mid-reply");
+            if l == "OK" || l.starts_with("ERR") {
+                return (body, l);
+            }
+            if keep_log_lines || !is_log_line(&l) {
+                body.push(l);
+            }
+        }
+    }
+
+    /// Runs a command that must succeed; returns its lines.
+    pub fn ok(&mut self, line: &str) -> Vec<String> {
+        let (body, end) = self.cmd(line);
+        assert_eq!(end, "OK", "{line}: {body:?}");
+        body
+    }
+
+    /// `stats` as a name → value lookup.
+    pub fn stat(&mut self, name: &str) -> u64 {
+        self.ok("stats")
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .map(|v| v.parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no stat {name}"))
+    }
+}
+
+/// Live log lines start with a timestamp like `2026-`.
+pub fn is_log_line(l: &str) -> bool {
+    l.len() > 24 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T'
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Sends a signal to the server process.
+pub fn signal(server: &Server, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { kill(server.child.id() as i32, sig) }, 0);
 }
