@@ -18,7 +18,7 @@ pub struct Config {
     pub reassembly: ReassemblyLimits,
     /// Token every SESSION_KEY must carry, if set.
     pub access_token: Option<Vec<u8>>,
-    /// Handshakes per second per source address (after the cookie check).
+    /// Handshakes per second per source address, ip and port (after the cookie check).
     pub handshake_rate: u32,
     /// Burst of handshakes per source address.
     pub handshake_burst: u32,

@@ -520,7 +520,7 @@ impl Relay {
                 out,
             );
         }
-        if !self.handshake_limiter.try_take(now, &src.ip()) {
+        if !self.handshake_limiter.try_take(now, &src) {
             return self.refuse(now, src, Refusal::RateLimited, None, out);
         }
         let existing = self.by_addr.get(&src).copied();
