@@ -84,9 +84,9 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     listen.recv_buffer = opt(&mut args, "--recv-buffer")?;
     let mut config = defaults.clone();
     config.max_datagram = opt(&mut args, "--max-datagram")?.unwrap_or(config.max_datagram);
-    if !(64..=65507).contains(&config.max_datagram) {
+    if !(548..=65507).contains(&config.max_datagram) {
         return Err(format!(
-            "--max-datagram {} is outside 64..=65507",
+            "--max-datagram {} is outside 548..=65507 (548: what every IPv4 host accepts)",
             config.max_datagram
         ));
     }
