@@ -346,8 +346,8 @@ impl Relay {
                     self.gc_at = None;
                     let n = self.reassembler.expire(now);
                     if n > 0 {
-                        self.stats.reassembly_drops[drop_index(fragment::DropReason::Expired)] +=
-                            n as u64;
+                        self.stats
+                            .reassembly_drop(fragment::DropReason::Expired, n as u64);
                         drop_debug!(self, now, "reassembly: {n} stale partial messages dropped");
                     }
                     self.schedule_gc();
@@ -704,7 +704,7 @@ impl Relay {
         match self.reassembler.insert(now, owner, &frag) {
             Outcome::Incomplete => self.schedule_gc(),
             Outcome::Dropped(r) => {
-                self.stats.reassembly_drop(r);
+                self.stats.reassembly_drop(r, 1);
                 drop_debug!(self, now, "fragment from {src} dropped: {}", r.name());
             }
             Outcome::Complete(payload) => {
@@ -798,11 +798,4 @@ impl Relay {
         self.by_addr.clear();
         info!("server closing: {n} clients told");
     }
-}
-
-fn drop_index(r: fragment::DropReason) -> usize {
-    fragment::DropReason::ALL
-        .iter()
-        .position(|x| *x == r)
-        .unwrap_or(0)
 }

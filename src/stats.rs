@@ -105,10 +105,10 @@ impl Stats {
         }
     }
 
-    /// Counts a reassembly drop.
-    pub fn reassembly_drop(&mut self, r: DropReason) {
+    /// Counts `n` messages dropped by reassembly for reason `r`.
+    pub fn reassembly_drop(&mut self, r: DropReason, n: u64) {
         if let Some(i) = DropReason::ALL.iter().position(|x| *x == r) {
-            self.reassembly_drops[i] += 1;
+            self.reassembly_drops[i] += n;
         }
     }
 
