@@ -219,7 +219,7 @@ mod tests {
     fn timestamps_are_utc_iso8601() {
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
-        assert_eq!(timestamp(t), "2026-11-18T08:26:40.123Z");
+        assert_eq!(timestamp(t), "2026-11-18T11:06:40.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000Z");
     }
