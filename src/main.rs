@@ -13,6 +13,9 @@ USAGE:
 COMMANDS:
     serve         run the relay (safe defaults: no flags needed)
     fingerprint   print the SHA-256 fingerprint of a key file's public key
+    chat          interactive terminal client: lines typed are sent, messages printed
+    send          send one message (argument or stdin); exit 0 if the server accepted it
+    listen        print one line (or JSON object) per event until killed
     help          print this text; `mcrelay <COMMAND> --help` for a command's flags
 
 OPTIONS:
@@ -26,6 +29,9 @@ fn main() -> ExitCode {
     let result = match sub.as_deref() {
         Some("serve") => cmd::serve::run(args),
         Some("fingerprint") => cmd::fingerprint::run(args),
+        Some("chat") => cmd::chat::run(args),
+        Some("send") => cmd::send::run(args),
+        Some("listen") => cmd::listen::run(args),
         Some("help") | None if !args.contains(["-V", "--version"]) => {
             print!("{USAGE}");
             Ok(())

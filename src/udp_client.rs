@@ -1,6 +1,31 @@
-//! A blocking client on a std UDP socket: [`ClientCore`] plus the socket,
-//! retries and timeouts. Used by `mcrelay chat/send/listen`, the benchmark
-//! and the tests.
+//! The Rust client: [`UdpClient`], a blocking client on a std UDP socket.
+//! It puts the sans-IO [`ClientCore`] (handshake, Fernet sessions,
+//! fragmentation both ways, the anti-replay window on receive) on a socket
+//! and adds retries, timeouts, optional automatic keepalives and optional
+//! automatic recovery after the server forgot the session (REJECT
+//! UNKNOWN_SESSION, a restart, SERVER_CLOSING). Used by `mcrelay
+//! chat/send/listen`, the examples and the tests.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use mcrelay::client::{ClientEvent, ClientOptions};
+//! use mcrelay::udp_client::{Target, UdpClient};
+//!
+//! let target = Target::Unicast("127.0.0.1:5007".parse().unwrap());
+//! let mut c = UdpClient::new(target, ClientOptions::default())?;
+//! c.set_keepalive(Some(Duration::from_secs(20)));
+//! c.set_auto_reconnect(Some(Duration::from_secs(1)));
+//! let id = c.connect(Duration::from_secs(5))?;
+//! println!("connected as {id}, server key {}", c.fingerprint().unwrap());
+//! c.send(b"hello")?;
+//! while let Some(ev) = c.recv(Duration::from_secs(30))? {
+//!     if let ClientEvent::Message { sender, body } = ev {
+//!         println!("[{sender}] {}", String::from_utf8_lossy(&body));
+//!     }
+//! }
+//! c.bye()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -15,6 +40,9 @@ use crate::wire::RejectReason;
 
 /// How long to wait for an answer before sending HELLO again.
 const RETRY: Duration = Duration::from_millis(700);
+
+/// A keepalive interval well inside the server's default 60 s client timeout.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// Where the client sends.
 #[derive(Clone, Copy, Debug)]
@@ -67,8 +95,13 @@ impl From<io::Error> for ConnectError {
 }
 
 /// A client session on its own UDP socket.
+///
+/// Call [`UdpClient::connect`] once, then [`UdpClient::send`] and
+/// [`UdpClient::recv`]; [`UdpClient::bye`] to leave. `recv` is also where
+/// the timers run: call it regularly (a short timeout in a loop is fine).
 pub struct UdpClient {
     sock: UdpSocket,
+    target: Target,
     dest: SocketAddr,
     /// Where answers come from; learnt from the first SERVER_KEY when
     /// sending to a group.
@@ -80,10 +113,18 @@ pub struct UdpClient {
     buf: Vec<u8>,
     fingerprint: Option<String>,
     largest_received: usize,
+    /// When the last datagram went out: a KEEPALIVE is only needed after
+    /// silence, since any authenticated datagram refreshes the server's timer.
+    last_sent: Instant,
+    keepalive_every: Option<Duration>,
+    reconnect_every: Option<Duration>,
+    /// Next HELLO of an automatic recovery; None while not recovering.
+    rehello_at: Option<Instant>,
 }
 
 impl UdpClient {
-    /// Opens a socket for `target` (nothing is sent yet).
+    /// Opens a socket for `target` (nothing is sent yet). Keepalives and
+    /// automatic recovery start switched off.
     pub fn new(target: Target, opts: ClientOptions) -> io::Result<Self> {
         let (sock, dest, server) = match target {
             Target::Unicast(addr) => {
@@ -110,6 +151,7 @@ impl UdpClient {
         };
         Ok(UdpClient {
             sock,
+            target,
             dest,
             server,
             core: ClientCore::new(opts),
@@ -119,7 +161,37 @@ impl UdpClient {
             buf: vec![0; 65536],
             fingerprint: None,
             largest_received: 0,
+            last_sent: Instant::now(),
+            keepalive_every: None,
+            reconnect_every: None,
+            rehello_at: None,
         })
+    }
+
+    /// Makes [`UdpClient::recv`] send a KEEPALIVE whenever nothing was sent
+    /// for `every` while a session is established (None: never). Pick it
+    /// well inside the server's client timeout (60 s by default), e.g.
+    /// [`DEFAULT_KEEPALIVE`].
+    pub fn set_keepalive(&mut self, every: Option<Duration>) {
+        self.keepalive_every = every;
+    }
+
+    /// Makes the client recover by itself (None: never). After REJECT
+    /// UNKNOWN_SESSION (the server restarted or timed us out) or
+    /// SERVER_CLOSING, [`UdpClient::recv`] sends HELLO at once and then
+    /// every `every` until a new WELCOME arrives. The events of the new
+    /// handshake (`ServerKey`, `Welcome`) come out of `recv` so the caller
+    /// can tell the user; a pinned key is still checked.
+    pub fn set_auto_reconnect(&mut self, every: Option<Duration>) {
+        self.reconnect_every = every;
+        if every.is_none() {
+            self.rehello_at = None;
+        }
+    }
+
+    /// True while an automatic recovery is waiting for a new WELCOME.
+    pub fn is_reconnecting(&self) -> bool {
+        self.rehello_at.is_some()
     }
 
     /// The local address the server will know us by (port part).
@@ -132,7 +204,7 @@ impl UdpClient {
         self.core.id()
     }
 
-    /// The server's fingerprint, once its key arrived.
+    /// The fingerprint of the server key seen last (hex SHA-256).
     pub fn fingerprint(&self) -> Option<&str> {
         self.fingerprint.as_deref()
     }
@@ -168,16 +240,29 @@ impl UdpClient {
     fn flush(&mut self) -> io::Result<()> {
         for d in self.out.drain(..) {
             self.sock.send_to(&d, self.dest)?;
+            self.last_sent = Instant::now();
         }
         Ok(())
     }
 
+    /// Sends a HELLO, aimed at the group again when the target is one, so
+    /// that whichever server now answers there is found.
+    fn send_hello(&mut self) -> io::Result<()> {
+        if let Target::Multicast { group, port, .. } = self.target {
+            self.dest = SocketAddr::from((group, port));
+            self.server = None;
+        }
+        let hello = self.core.hello();
+        self.send_raw(&hello)
+    }
+
     /// Runs the handshake until WELCOME; returns our id. Events that arrive
-    /// meanwhile are kept for [`UdpClient::recv`].
+    /// meanwhile are kept for [`UdpClient::recv`]. Calling it again starts
+    /// a new session (the server replaces the old key).
     pub fn connect(&mut self, timeout: Duration) -> Result<String, ConnectError> {
         let deadline = Instant::now() + timeout;
-        let hello = self.core.hello();
-        self.send_raw(&hello)?;
+        self.rehello_at = None;
+        self.send_hello()?;
         let mut retry_at = Instant::now() + RETRY;
         loop {
             let now = Instant::now();
@@ -187,23 +272,24 @@ impl UdpClient {
             if now >= retry_at {
                 // Lost HELLO, answer or SESSION_KEY: start over; the server
                 // treats a repeated handshake as a re-key.
-                let hello = self.core.hello();
-                self.send_raw(&hello)?;
+                self.send_hello()?;
                 retry_at = now + RETRY;
             }
             self.pump(retry_at.min(deadline))?;
             while let Some(i) = self.events.iter().position(is_handshake_event) {
                 match self.events.remove(i) {
-                    Some(ClientEvent::Welcome { id }) => return Ok(id),
+                    Some(ClientEvent::Welcome { id }) => {
+                        // A REJECT answering a datagram of the old session
+                        // may have armed a recovery meanwhile: not needed.
+                        self.rehello_at = None;
+                        return Ok(id);
+                    }
                     Some(ClientEvent::Rejected(
                         RejectReason::BadCookie | RejectReason::UnknownSession,
                     )) => {
                         retry_at = Instant::now(); // stale cookie: HELLO again
                     }
                     Some(ClientEvent::Rejected(r)) => return Err(ConnectError::Rejected(r)),
-                    Some(ClientEvent::ServerKey { fingerprint }) => {
-                        self.fingerprint = Some(fingerprint)
-                    }
                     _ => {}
                 }
             }
@@ -228,7 +314,17 @@ impl UdpClient {
                 {
                     return Ok(())
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EINTR, or an ICMP error some systems report for an
+                // earlier datagram to a server that is down: keep waiting,
+                // the retry and recovery timers deal with a dead server.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e.into()),
             };
             if self.server.is_some_and(|s| s != from) {
@@ -247,21 +343,70 @@ impl UdpClient {
                 self.dest = from;
             }
             self.flush()?;
-            self.events.extend(self.scratch_events.drain(..));
+            for e in self.scratch_events.drain(..) {
+                match &e {
+                    ClientEvent::ServerKey { fingerprint } => {
+                        self.fingerprint = Some(fingerprint.clone())
+                    }
+                    ClientEvent::Welcome { .. } => self.rehello_at = None,
+                    ClientEvent::Rejected(RejectReason::UnknownSession)
+                    | ClientEvent::ServerClosing
+                        if self.reconnect_every.is_some() && self.rehello_at.is_none() =>
+                    {
+                        self.rehello_at = Some(Instant::now());
+                    }
+                    _ => {}
+                }
+                self.events.push_back(e);
+            }
             r.map_err(ConnectError::Pin)?;
         }
         Ok(())
     }
 
-    /// The next event, or None after `timeout`.
-    pub fn recv(&mut self, timeout: Duration) -> Result<Option<ClientEvent>, ConnectError> {
-        if self.events.is_empty() {
-            self.pump(Instant::now() + timeout)?;
+    /// Sends what the keepalive and recovery timers ask for; returns when
+    /// they next need attention.
+    fn run_timers(&mut self, now: Instant) -> io::Result<Option<Instant>> {
+        if let (Some(at), Some(every)) = (self.rehello_at, self.reconnect_every) {
+            if now >= at {
+                self.send_hello()?;
+                self.rehello_at = Some(now + every);
+            }
         }
-        Ok(self.events.pop_front())
+        let keepalive_at = match self.keepalive_every {
+            Some(every) if self.core.is_established() => {
+                if now >= self.last_sent + every {
+                    self.keepalive()?;
+                }
+                Some(self.last_sent + every)
+            }
+            _ => None,
+        };
+        Ok(match (self.rehello_at, keepalive_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
-    /// Sends a message; false if no session is established.
+    /// The next event, or None after `timeout`. Keepalives and recovery
+    /// HELLOs go out from here while it waits.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<ClientEvent>, ConnectError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            let next_timer = self.run_timers(now)?;
+            if let Some(e) = self.events.pop_front() {
+                return Ok(Some(e));
+            }
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.pump(next_timer.map_or(deadline, |t| t.min(deadline)))?;
+        }
+    }
+
+    /// Sends a message; false if no session is established or the message
+    /// is too large for one token (about 48 KiB).
     pub fn send(&mut self, body: &[u8]) -> io::Result<bool> {
         let ok = self.core.send(body, &mut self.out);
         self.flush()?;
@@ -275,8 +420,9 @@ impl UdpClient {
         Ok(ok)
     }
 
-    /// Sends BYE and ends the session.
+    /// Sends BYE and ends the session (and any automatic recovery).
     pub fn bye(&mut self) -> io::Result<bool> {
+        self.rehello_at = None;
         let ok = self.core.bye(&mut self.out);
         self.flush()?;
         Ok(ok)

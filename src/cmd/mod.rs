@@ -1,6 +1,10 @@
 //! Subcommands and the flag helpers they share.
 
+pub mod chat;
+pub mod client_args;
 pub mod fingerprint;
+pub mod listen;
+pub mod send;
 pub mod serve;
 
 use std::str::FromStr;

@@ -68,7 +68,9 @@ impl Server {
             admin_port: None,
             log,
         };
-        let line = server.wait_log("listening on udp", DEADLINE);
+        // The fingerprint is the last start-up line: once it is there, so are the ports.
+        server.wait_log("fingerprint (sha256)", DEADLINE);
+        let line = server.find_log("listening on udp").expect("udp port line");
         server.port = line
             .rsplit_once("listening on udp 0.0.0.0:")
             .unwrap()

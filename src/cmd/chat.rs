@@ -1,0 +1,94 @@
+//! `mcrelay chat`: an interactive terminal client. Lines typed are sent,
+//! events print as `listen` prints them.
+
+use std::io::{self, BufRead};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+
+use mcrelay::udp_client::UdpClient;
+
+use super::client_args;
+use super::finish;
+use super::listen::{self, Format, Printer};
+
+const HELP: &str = "\
+mcrelay chat: talk through the relay from a terminal
+
+USAGE:
+    mcrelay chat [OPTIONS]
+
+Each line typed is sent as one message. Relayed messages print as
+`[ip:port] text` (control characters and bytes that are not UTF-8 escaped, e.g.
+\\n, \\x1b, \\xff, \\\\), notices as `* ID joined`, `* ID left (REASON)`,
+`* server closing; reconnecting`. Keepalives go out by themselves; a lost
+session (server restart, SERVER_CLOSING) is re-established by itself every
+second and `* reconnected as ID` says when. End of input (Ctrl-D), Ctrl-C or
+SIGTERM says BYE and exits 0.
+
+";
+
+/// Parses `chat` flags, connects and runs until EOF or a signal.
+pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
+    if args.contains(["-h", "--help"]) {
+        print!("{HELP}{}", client_args::help(true));
+        return Ok(());
+    }
+    let a = client_args::parse(&mut args, true)?;
+    finish(args)?;
+    let mut c = client_args::connect(&a)?;
+    let lines = stdin_lines();
+    listen::run_session(&mut c, &a, Format::Text, |c, p| send_typed(c, p, &lines))
+}
+
+/// Reads stdin on a helper thread, since a blocking read cannot share the
+/// loop with the socket; the channel closes at end of input.
+fn stdin_lines() -> Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            // A read error ends input like EOF does: nothing more can come.
+            match stdin.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Sends every line typed since the last tick; false at end of input.
+fn send_typed(
+    c: &mut UdpClient,
+    p: &mut Printer,
+    lines: &Receiver<Vec<u8>>,
+) -> Result<bool, String> {
+    loop {
+        let line = match lines.try_recv() {
+            Ok(line) => line,
+            Err(TryRecvError::Empty) => return Ok(true),
+            Err(TryRecvError::Disconnected) => return Ok(false),
+        };
+        if line.is_empty() {
+            continue;
+        }
+        if !c.is_established() {
+            // No queue: delivered minutes later, a chat line misleads.
+            p.note("not connected; message not sent")?;
+        } else if !c.send(&line).map_err(|e| format!("cannot send: {e}"))? {
+            p.note(&format!(
+                "message too large ({} bytes); not sent",
+                line.len()
+            ))?;
+        }
+    }
+}
