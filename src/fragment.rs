@@ -216,7 +216,8 @@ struct ChunkRef {
 }
 
 /// An incomplete message. Chunks are appended in arrival order to one buffer
-/// (one allocation that grows geometrically, instead of one per chunk).
+/// (one allocation that grows geometrically by an eighth, instead of one per
+/// chunk).
 #[derive(Debug)]
 struct Partial {
     count: u16,
@@ -441,6 +442,10 @@ impl Reassembler {
                 return Outcome::Dropped(reason);
             }
         };
+        // Vec's own doubling would let the buffers reach twice the bytes
+        // the limits account for; see `reserve_bounded`.
+        reserve_bounded(&mut p.chunks, 1);
+        reserve_bounded(&mut p.data, frag.chunk.len());
         p.chunks.insert(
             pos,
             ChunkRef {
@@ -545,6 +550,18 @@ fn check_extend(
         return Err(DropReason::TotalBytes);
     }
     Ok(pos)
+}
+
+/// Makes room for `additional` more items, growing by at least an eighth of
+/// the length. Growth stays geometric, so appends stay amortised O(1) and
+/// tiny chunks cannot make us copy quadratically; yet the capacity never
+/// exceeds the length by more than an eighth, so the buffers stay within
+/// 1.125× of the chunk bytes the limits account (and the chunk index within
+/// [`CHUNK_OVERHEAD`] per chunk), where doubling would allow 2×.
+fn reserve_bounded<T>(v: &mut Vec<T>, additional: usize) {
+    if v.capacity().saturating_sub(v.len()) < additional {
+        v.reserve_exact(additional.max(v.len() / 8));
+    }
 }
 
 /// Concatenates a complete partial's chunks in index order.
@@ -652,6 +669,12 @@ mod tests {
         assert_eq!(owner_partials, r.partials());
         for p in r.partials.values() {
             assert!(p.data.len() <= limits.max_message_bytes);
+            // What is allocated stays near what is accounted (see reserve_bounded).
+            assert!(p.data.capacity() <= p.data.len() + p.data.len() / 8);
+            assert!(
+                p.chunks.capacity() * std::mem::size_of::<ChunkRef>()
+                    <= p.chunks.len() * CHUNK_OVERHEAD
+            );
             assert!(p.chunks.len() < usize::from(p.count));
             assert!(p.chunks.windows(2).all(|w| w[0].index < w[1].index));
         }
@@ -663,6 +686,23 @@ mod tests {
             .iter()
             .zip(r.expiry.iter().skip(1))
             .all(|(a, b)| a.created <= b.created));
+    }
+
+    #[test]
+    fn buffers_grow_by_an_eighth_not_by_doubling() {
+        // 900-byte chunks of a message that never completes: with doubling,
+        // 5 chunks (4500 bytes) would already sit in a 7200-byte buffer.
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let now = Instant::now();
+        let chunk = [7u8; 900];
+        for index in 0..65 {
+            assert_eq!(
+                r.insert(now, 1, &frag(9, index, 66, &chunk)),
+                Outcome::Incomplete
+            );
+            check_invariants(&r);
+        }
+        assert_eq!(r.partials[&(1, 9)].data.len(), 65 * 900);
     }
 
     #[test]

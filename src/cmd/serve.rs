@@ -27,7 +27,8 @@ NETWORK:
     --port PORT                  UDP port (0 picks a free one) [default: 5007]
     --iface ADDR                 interface address to join the group on; repeat to
                                  serve several networks [default: 0.0.0.0, the kernel's choice]
-    --recv-buffer BYTES          SO_RCVBUF for bursts [default: the system's]
+    --recv-buffer BYTES          SO_RCVBUF, room for bursts; the kernel caps it at
+                                 net.core.rmem_max [default: 1048576]
     --max-datagram BYTES         larger datagrams are sent as fragments [default: 1200]
 
 SECURITY:
@@ -81,7 +82,9 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     if !ifaces.is_empty() {
         listen.ifaces = ifaces;
     }
-    listen.recv_buffer = opt(&mut args, "--recv-buffer")?;
+    // The kernel's usual 208 KiB holds only ~2 ms of a 100k/s flood; a bigger
+    // buffer lets legitimate handshakes survive bursts.
+    listen.recv_buffer = Some(opt(&mut args, "--recv-buffer")?.unwrap_or(1 << 20));
     let mut config = defaults.clone();
     config.max_datagram = opt(&mut args, "--max-datagram")?.unwrap_or(config.max_datagram);
     if !(548..=65507).contains(&config.max_datagram) {
