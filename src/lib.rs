@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod cookie;

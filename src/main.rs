@@ -12,6 +12,7 @@ USAGE:
 
 COMMANDS:
     serve         run the relay (safe defaults: no flags needed)
+    bench         measure a relay under load, the machine's limit, or the footprint
     fingerprint   print the SHA-256 fingerprint of a key file's public key
     chat          interactive terminal client: lines typed are sent, messages printed
     send          send one message (argument or stdin); exit 0 if the server accepted it
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let result = match sub.as_deref() {
         Some("serve") => cmd::serve::run(args),
         Some("fingerprint") => cmd::fingerprint::run(args),
+        Some("bench") => cmd::bench::run(args),
         Some("chat") => cmd::chat::run(args),
         Some("send") => cmd::send::run(args),
         Some("listen") => cmd::listen::run(args),

@@ -1,5 +1,6 @@
 //! Subcommands and the flag helpers they share.
 
+pub mod bench;
 pub mod chat;
 pub mod client_args;
 pub mod fingerprint;

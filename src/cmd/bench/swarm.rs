@@ -1,0 +1,156 @@
+//! Many benchmark clients, each on its own non-blocking UDP socket, driven
+//! through the handshake together by one poll loop: the sans-IO
+//! [`ClientCore`] does the protocol, this module only moves datagrams.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mcrelay::client::{ClientCore, ClientEvent, ClientOptions};
+use mcrelay::wire::RejectReason;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+
+/// How long to wait for an answer before sending HELLO again (as the
+/// blocking client does).
+const RETRY: Duration = Duration::from_millis(700);
+/// Handshakes in flight at once: enough to keep a relay's RSA busy, few
+/// enough that a burst of SESSION_KEYs does not overflow its socket buffer.
+const PARALLEL: usize = 64;
+
+/// One benchmark client.
+pub struct Client {
+    /// Its socket (non-blocking).
+    pub sock: UdpSocket,
+    /// Its protocol state.
+    pub core: ClientCore,
+}
+
+impl Client {
+    /// Sends every datagram in `out` to `server`, emptying it. Send errors
+    /// are ignored: UDP may drop, and the benchmark counts what arrives.
+    pub fn flush(&self, server: SocketAddr, out: &mut Vec<Vec<u8>>) {
+        for d in out.drain(..) {
+            let _ = self.sock.send_to(&d, server);
+        }
+    }
+}
+
+/// Opens `n` sockets and completes a handshake on each with `server`.
+/// Errors say what went wrong (refused, no answer, too many sockets).
+pub fn connect(server: SocketAddr, n: usize, within: Duration) -> Result<Vec<Client>, String> {
+    let bind = if server.ip().is_loopback() {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut sock = UdpSocket::bind(bind).map_err(|e| format!("client socket {i}: {e}"))?;
+        poll.registry()
+            .register(&mut sock, Token(i), Interest::READABLE)
+            .map_err(|e| format!("poll register: {e}"))?;
+        clients.push(Client {
+            sock,
+            core: ClientCore::new(ClientOptions::default()),
+        });
+    }
+    let result = handshake_all(&mut poll, &mut clients, server, within);
+    for c in &mut clients {
+        let _ = poll.registry().deregister(&mut c.sock);
+    }
+    result.map(|()| clients)
+}
+
+fn handshake_all(
+    poll: &mut Poll,
+    clients: &mut [Client],
+    server: SocketAddr,
+    within: Duration,
+) -> Result<(), String> {
+    let end = Instant::now() + within;
+    let mut waiting: VecDeque<usize> = (0..clients.len()).collect();
+    // Per client: when to send HELLO again, while its handshake is open.
+    let mut retry_at: Vec<Option<Instant>> = vec![None; clients.len()];
+    // Per client: HELLOs sent. Each retry waits twice as long: a HELLO
+    // restarts the handshake, so retrying faster than a slow relay (a debug
+    // build decrypts RSA in tens of ms) answers would never complete one.
+    let mut tries: Vec<u32> = vec![0; clients.len()];
+    let mut in_flight = 0usize;
+    let mut done = 0usize;
+    let mut events = Events::with_capacity(256);
+    let mut out = Vec::new();
+    let mut evs = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let hello = |c: &mut Client, retry: &mut Option<Instant>, tries: &mut u32| {
+        let h = c.core.hello();
+        let _ = c.sock.send_to(&h, server);
+        *retry = Some(Instant::now() + RETRY * (1 << (*tries).min(4)));
+        *tries += 1;
+    };
+    while done < clients.len() {
+        let now = Instant::now();
+        if now >= end {
+            return Err(format!(
+                "only {done} of {} clients completed the handshake with {server} within {within:?}",
+                clients.len()
+            ));
+        }
+        while in_flight < PARALLEL {
+            let Some(i) = waiting.pop_front() else { break };
+            hello(&mut clients[i], &mut retry_at[i], &mut tries[i]);
+            in_flight += 1;
+        }
+        for (i, r) in retry_at.iter_mut().enumerate() {
+            if r.is_some_and(|t| t <= now) {
+                hello(&mut clients[i], r, &mut tries[i]);
+            }
+        }
+        match poll.poll(&mut events, Some(Duration::from_millis(20))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let c = &mut clients[i];
+            loop {
+                let (n, from) = match c.sock.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => continue, // an ICMP error from an earlier send
+                };
+                if from != server {
+                    continue;
+                }
+                c.core
+                    .handle_datagram(Instant::now(), &buf[..n], &mut out, &mut evs)
+                    .map_err(|e| e.to_string())?;
+                c.flush(server, &mut out);
+                for e in evs.drain(..) {
+                    match e {
+                        ClientEvent::Welcome { .. } if retry_at[i].is_some() => {
+                            retry_at[i] = None;
+                            in_flight -= 1;
+                            done += 1;
+                        }
+                        ClientEvent::Rejected(
+                            RejectReason::BadCookie | RejectReason::UnknownSession,
+                        ) if retry_at[i].is_some() => {
+                            hello(c, &mut retry_at[i], &mut tries[i]);
+                        }
+                        ClientEvent::Rejected(r) => {
+                            let hint = "is --max-clients large enough?";
+                            return Err(format!("{server} refused client {i}: {r:?} ({hint})"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
