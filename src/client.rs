@@ -11,7 +11,7 @@ use rsa::PublicKey;
 
 use crate::fragment::{self, Outcome, Reassembler, ReassemblyLimits};
 use crate::keys;
-use crate::session::Session;
+use crate::session::{Direction, Session};
 use crate::tlv::{self, Reader};
 use crate::wire::{
     self, inner, outer, Inner, LeaveReason, RejectReason, COOKIE_LEN, MIN_HELLO_LEN,
@@ -308,7 +308,7 @@ impl ClientCore {
                 return;
             }
         };
-        let Ok(plain) = session.open(token) else {
+        let Ok(plain) = session.open(token, Direction::ToClient) else {
             self.dropped += 1;
             return;
         };

@@ -14,6 +14,8 @@ pub mod client;
 pub mod config;
 pub mod cookie;
 pub mod fragment;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod logring;
 pub mod ratelimit;

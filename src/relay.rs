@@ -6,7 +6,7 @@
 //! The same inputs give the same decisions, which is what lets unit tests
 //! and fuzzers drive it with a fake clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,11 @@ use log::{debug, info};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::cookie::{ct_eq, CookieJar};
+use crate::cookie::{self, ct_eq, CookieJar};
 use crate::fragment::{self, Outcome, Reassembler};
 use crate::keys::ServerKey;
 use crate::ratelimit::{KeyedLimiter, TokenBucket};
-use crate::session::{OpenError, Session};
+use crate::session::{Direction, OpenError, Session};
 use crate::stats::{Refusal, Stats};
 use crate::timer::TimerWheel;
 use crate::tlv::{self, Reader};
@@ -137,6 +137,54 @@ enum Timer {
     FragmentGc,
 }
 
+/// SESSION_KEY ciphertexts that registered a client, kept for as long as
+/// the cookie that came with them can be valid, so that a captured
+/// COOKIE + SESSION_KEY cannot be replayed to re-key an address (which
+/// resets its SEQ windows and lets old tokens through again) or to register
+/// it again after it left. Two generations of at least two cookie epochs
+/// each; entries are 8 bytes of SHA-256, so memory is bounded by the RSA
+/// budget times four epochs.
+struct SeenSessionKeys {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+    since: Instant,
+}
+
+impl SeenSessionKeys {
+    /// A cookie is valid for at most two epochs after it was issued.
+    const GENERATION: Duration = Duration::from_secs(2 * cookie::EPOCH.as_secs());
+
+    fn digest(ciphertext: &[u8]) -> u64 {
+        use rsa::sha2::{Digest, Sha256};
+        let d = Sha256::digest(ciphertext);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        u64::from_be_bytes(b)
+    }
+
+    fn rotate(&mut self, now: Instant) {
+        let age = now.saturating_duration_since(self.since);
+        if age >= Self::GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+            if age >= 2 * Self::GENERATION {
+                self.previous.clear();
+            }
+            self.since = now;
+        }
+    }
+
+    fn contains(&mut self, now: Instant, ciphertext: &[u8]) -> bool {
+        self.rotate(now);
+        let d = Self::digest(ciphertext);
+        self.current.contains(&d) || self.previous.contains(&d)
+    }
+
+    fn insert(&mut self, now: Instant, ciphertext: &[u8]) {
+        self.rotate(now);
+        self.current.insert(Self::digest(ciphertext));
+    }
+}
+
 /// Builds outer datagrams and fragments those that are too large.
 struct Emitter {
     max_datagram: usize,
@@ -197,6 +245,7 @@ pub struct Relay {
     config: Config,
     key: ServerKey,
     cookies: CookieJar,
+    seen_session_keys: SeenSessionKeys,
     clients: Slab<Client>,
     by_addr: HashMap<SocketAddr, usize>,
     next_generation: u64,
@@ -232,6 +281,11 @@ impl Relay {
         let mut rng = rand::rng();
         Relay {
             cookies: CookieJar::new(now, &mut rng),
+            seen_session_keys: SeenSessionKeys {
+                current: HashSet::new(),
+                previous: HashSet::new(),
+                since: now,
+            },
             clients: Slab::new(),
             by_addr: HashMap::new(),
             next_generation: 1,
@@ -520,6 +574,14 @@ impl Relay {
                 out,
             );
         }
+        // A SESSION_KEY is accepted once: a replay would re-key (both SEQ
+        // windows restart, so old tokens pass again) or re-register a client
+        // that left. Silent, and before RSA.
+        if self.seen_session_keys.contains(now, ciphertext) {
+            self.stats.replays += 1;
+            drop_debug!(self, now, "SESSION_KEY from {src} replayed");
+            return;
+        }
         if !self.handshake_limiter.try_take(now, &src) {
             return self.refuse(now, src, Refusal::RateLimited, None, out);
         }
@@ -563,6 +625,7 @@ impl Relay {
                 out,
             );
         };
+        self.seen_session_keys.insert(now, ciphertext);
         self.register(now, src, session, existing, out);
     }
 
@@ -642,13 +705,13 @@ impl Relay {
     ) -> std::ops::ControlFlow<()> {
         use std::ops::ControlFlow::{Break, Continue};
         let c = &mut self.clients[slot];
-        let plain = match c.session.open(token) {
+        let plain = match c.session.open(token, Direction::ToServer) {
             Ok(p) => p,
             Err(e) => {
                 match e {
                     OpenError::BadToken => self.stats.bad_tokens += 1,
                     OpenError::Malformed(_) => self.stats.malformed += 1,
-                    OpenError::Replay => self.stats.replays += 1,
+                    OpenError::Replay | OpenError::Reflected => self.stats.replays += 1,
                 }
                 let id = &self.clients[slot].id;
                 drop_debug!(self, now, "token from {id} dropped: {e:?}");

@@ -16,6 +16,21 @@ pub enum OpenError {
     Malformed(InnerError),
     /// The SEQ was seen before or is older than the window.
     Replay,
+    /// An authentic token going the wrong way: one this end's peer could
+    /// only have got from this end itself (a reflection).
+    Reflected,
+}
+
+/// The way a token travels. Both ends share one key, so [`Session::open`]
+/// tells them apart by content: every server plaintext carries a field only
+/// the server sends (SENDER_ID, CLIENT_ID, PEER_JOINED, PEER_LEFT, REASON or
+/// SERVER_CLOSING) and no client plaintext (`SEQ [BODY]`) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server: the relay opening a client's token.
+    ToServer,
+    /// Server to client: a client opening the relay's token.
+    ToClient,
 }
 
 /// Symmetric state of one session.
@@ -46,16 +61,28 @@ impl Session {
         self.fernet.encrypt(scratch)
     }
 
-    /// Authenticates and decrypts a token, checks the inner rules and the
-    /// SEQ window, and records the SEQ. Returns the plaintext; it is known
-    /// to parse with [`Inner::parse`].
-    pub fn open(&mut self, token: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// Authenticates and decrypts a token travelling `dir`, checks the inner
+    /// rules, the direction and the SEQ window, and records the SEQ. Returns
+    /// the plaintext; it is known to parse with [`Inner::parse`].
+    pub fn open(&mut self, token: &[u8], dir: Direction) -> Result<Vec<u8>, OpenError> {
         let token = std::str::from_utf8(token).map_err(|_| OpenError::BadToken)?;
         let plain = self
             .fernet
             .decrypt(token)
             .map_err(|_| OpenError::BadToken)?;
-        let seq = Inner::parse(&plain).map_err(OpenError::Malformed)?.seq;
+        let m = Inner::parse(&plain).map_err(OpenError::Malformed)?;
+        let from_server = m.sender_id.is_some()
+            || m.client_id.is_some()
+            || m.peer_joined.is_some()
+            || m.peer_left.is_some()
+            || m.reason.is_some()
+            || m.server_closing;
+        // Checked before the SEQ is recorded, so a token reflected back to
+        // the end that sealed it is neither accepted nor burns a SEQ.
+        if from_server != (dir == Direction::ToClient) {
+            return Err(OpenError::Reflected);
+        }
+        let seq = m.seq;
         // Recorded only after authentication so forged tokens cannot burn SEQs.
         if !self.window.update(seq) {
             return Err(OpenError::Replay);
@@ -84,7 +111,7 @@ mod tests {
         let (mut a, mut b) = pair();
         let mut scratch = Vec::new();
         let tok = a.seal(&mut scratch, |p| tlv::put(p, wire::inner::BODY, b"hello"));
-        let plain = b.open(tok.as_bytes()).unwrap();
+        let plain = b.open(tok.as_bytes(), Direction::ToServer).unwrap();
         let m = Inner::parse(&plain).unwrap();
         assert_eq!((m.seq, m.body), (1, Some(&b"hello"[..])));
         assert_eq!(a.next_seq(), 2);
@@ -97,13 +124,16 @@ mod tests {
         let t1 = a.seal(&mut s, |_| {});
         let t2 = a.seal(&mut s, |_| {});
         let t3 = a.seal(&mut s, |_| {});
-        assert!(b.open(t1.as_bytes()).is_ok());
-        assert!(b.open(t3.as_bytes()).is_ok());
+        assert!(b.open(t1.as_bytes(), Direction::ToServer).is_ok());
+        assert!(b.open(t3.as_bytes(), Direction::ToServer).is_ok());
         assert!(
-            b.open(t2.as_bytes()).is_ok(),
+            b.open(t2.as_bytes(), Direction::ToServer).is_ok(),
             "out of order within the window"
         );
-        assert_eq!(b.open(t2.as_bytes()), Err(OpenError::Replay));
+        assert_eq!(
+            b.open(t2.as_bytes(), Direction::ToServer),
+            Err(OpenError::Replay)
+        );
     }
 
     #[test]
@@ -111,9 +141,42 @@ mod tests {
         let (mut a, _) = pair();
         let (_, mut other) = pair();
         let tok = a.seal(&mut Vec::new(), |_| {});
-        assert_eq!(other.open(tok.as_bytes()), Err(OpenError::BadToken));
-        assert_eq!(other.open(b"\xff\xfe"), Err(OpenError::BadToken));
-        assert_eq!(other.open(b""), Err(OpenError::BadToken));
+        assert_eq!(
+            other.open(tok.as_bytes(), Direction::ToServer),
+            Err(OpenError::BadToken)
+        );
+        assert_eq!(
+            other.open(b"\xff\xfe", Direction::ToServer),
+            Err(OpenError::BadToken)
+        );
+        assert_eq!(
+            other.open(b"", Direction::ToServer),
+            Err(OpenError::BadToken)
+        );
+    }
+
+    #[test]
+    fn reflected_tokens_refused_without_burning_seqs() {
+        let (mut client, mut server) = pair();
+        let mut s = Vec::new();
+        // The server's token carries a server-only field; sent back to it, it is refused.
+        let relayed = server.seal(&mut s, |p| {
+            tlv::put(p, wire::inner::SENDER_ID, b"10.0.0.1:4000");
+            tlv::put(p, wire::inner::BODY, b"hi");
+        });
+        assert_eq!(
+            server.open(relayed.as_bytes(), Direction::ToServer),
+            Err(OpenError::Reflected)
+        );
+        // A client token sent back to the client is refused too.
+        let mine = client.seal(&mut s, |p| tlv::put(p, wire::inner::BODY, b"x"));
+        assert_eq!(
+            client.open(mine.as_bytes(), Direction::ToClient),
+            Err(OpenError::Reflected)
+        );
+        // Neither burnt the SEQ: the genuine tokens with SEQ 1 still open.
+        assert!(server.open(mine.as_bytes(), Direction::ToServer).is_ok());
+        assert!(client.open(relayed.as_bytes(), Direction::ToClient).is_ok());
     }
 
     #[test]

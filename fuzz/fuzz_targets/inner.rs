@@ -1,0 +1,7 @@
+//! cargo-fuzz target; the body lives in `mcrelay::fuzzing::inner` so the
+//! corpus also replays under `cargo test` (tests/fuzz_corpus.rs).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| mcrelay::fuzzing::inner(data));
