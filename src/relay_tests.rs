@@ -1140,3 +1140,53 @@ fn inner_rules() {
     let s = net.stats();
     assert_eq!((s.messages_relayed, s.replays, s.malformed), (2, 1, 8));
 }
+
+#[test]
+fn replayed_session_key_and_reflected_tokens_are_refused() {
+    let mut net = Net::new(Config::default());
+    let b = net.joined(ClientOptions::default());
+    let src = addr(50002);
+    let (der, cookie) = net.hello_from(src);
+    let key = Fernet::generate_key();
+    let sk = session_key(&der, Some(&cookie), key.as_bytes());
+    net.deliver(src, &sk);
+    assert_eq!(net.take_stray(src).len(), 1, "WELCOME");
+    let m = Manual {
+        addr: src,
+        fernet: Fernet::new(&key).unwrap(),
+        seq: 0,
+    };
+    let old = m.data_seq(1, b"once");
+    net.deliver(src, &old);
+    net.take_events(b);
+
+    // A captured COOKIE+SESSION_KEY replayed within the cookie's lifetime:
+    // no re-key (which would restart the SEQ window and let `old` pass again).
+    let before = net.stats().handshakes_completed;
+    net.deliver(src, &sk);
+    assert!(
+        net.take_stray(src).is_empty(),
+        "silently dropped, no WELCOME"
+    );
+    assert_eq!(net.stats().handshakes_completed, before);
+    net.deliver(src, &old);
+    assert!(net.messages(b).is_empty(), "old DATA is still a replay");
+    assert_eq!(net.stats().replays, 2);
+
+    // A relayed token sent back from its receiver's address is refused: it
+    // carries SENDER_ID, which only the server sends.
+    let peer_b = net.addr(b);
+    net.deliver(src, &m.data_seq(2, b"to b"));
+    let relayed = net
+        .sent
+        .iter()
+        .rev()
+        .find(|(dst, _)| *dst == peer_b)
+        .unwrap()
+        .1
+        .clone();
+    net.take_stray(src);
+    net.deliver(peer_b, &relayed);
+    assert_eq!(net.stats().replays, 3);
+    assert!(net.take_stray(src).is_empty(), "not relayed as b's message");
+}

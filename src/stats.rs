@@ -73,7 +73,8 @@ pub struct Stats {
     pub strangers: u64,
     /// Tokens that failed authentication.
     pub bad_tokens: u64,
-    /// Tokens with a replayed or too-old SEQ.
+    /// Replays: a seen or too-old SEQ, a token reflected from the other
+    /// direction, or a SESSION_KEY that already registered a client.
     pub replays: u64,
     /// FRAGMENT TLVs received from registered clients.
     pub fragments_in: u64,
