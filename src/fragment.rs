@@ -588,35 +588,7 @@ fn assemble(p: Partial) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic xorshift64 so tests are reproducible without external crates.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
-        fn shuffle<T>(&mut self, v: &mut [T]) {
-            for i in (1..v.len()).rev() {
-                let j = self.below(i as u64 + 1) as usize;
-                v.swap(i, j);
-            }
-        }
-
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::testrng::XorShift;
 
     fn frag(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> FragmentHeader<'_> {
         FragmentHeader {
@@ -719,7 +691,7 @@ mod tests {
 
     #[test]
     fn parse_never_panics_on_random_input() {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
         for _ in 0..10_000 {
             let len = rng.below(24) as usize;
             let buf = rng.bytes(len);
@@ -782,7 +754,7 @@ mod tests {
     fn split_parse_reassemble_round_trip() {
         let max = 1200;
         let room = max - FRAGMENT_OVERHEAD;
-        let mut rng = XorShift(42);
+        let mut rng = XorShift::new(42);
         let t = Instant::now();
         let mut r = Reassembler::new(ReassemblyLimits::default());
         for (msg_id, size) in [
@@ -828,7 +800,7 @@ mod tests {
 
     #[test]
     fn reassembles_shuffled_order() {
-        let mut rng = XorShift(7);
+        let mut rng = XorShift::new(7);
         let payload = rng.bytes(20 * 1024);
         let mut d = split_vec(&payload, 1200, 77).unwrap();
         rng.shuffle(&mut d);
@@ -1227,7 +1199,7 @@ mod tests {
             max_message_bytes: 1_500,
             max_age: Duration::from_millis(500),
         };
-        let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
+        let mut rng = XorShift::new(0xDEAD_BEEF_CAFE_F00D);
         let base = Instant::now();
         let mut now = base;
         let mut r = Reassembler::new(limits.clone());

@@ -26,6 +26,8 @@ pub mod replay;
 pub mod server;
 pub mod session;
 pub mod stats;
+#[doc(hidden)]
+pub mod testrng;
 pub mod timer;
 pub mod tlv;
 pub mod udp_client;

@@ -230,29 +230,13 @@ impl<T> TimerWheel<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testrng::XorShift;
 
     const TICK: Duration = Duration::from_millis(50);
     const SLOTS: usize = 512;
 
     fn ms(base: Instant, m: u64) -> Instant {
         base + Duration::from_millis(m)
-    }
-
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     fn drain(w: &mut TimerWheel<u32>, now: Instant) -> Vec<u32> {
@@ -362,7 +346,7 @@ mod tests {
     #[test]
     fn many_items_random_schedule_matches_brute_force() {
         let base = Instant::now();
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15);
         for &(slots, tick_ms) in &[(512usize, 50u64), (8, 50), (1, 1), (3, 7)] {
             let mut w = TimerWheel::new(base, Duration::from_millis(tick_ms), slots);
             // Brute-force model: id -> deadline for everything still pending.

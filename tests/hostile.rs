@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mcrelay::client::{ClientEvent, ClientOptions};
+use mcrelay::testrng::XorShift;
 use mcrelay::tlv::{self, Reader};
 use mcrelay::udp_client::ConnectError;
 use mcrelay::wire::{outer, RejectReason, COOKIE_LEN, MIN_HELLO_LEN};
@@ -52,50 +53,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// holding the lock must not fail every later one, hence `into_inner`.
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Deterministic xorshift64, so a failure replays with the same bytes and
-/// the tests need no random-number crate.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        // Zero is xorshift's one fixed point.
-        XorShift(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform enough in `0..n` for test input (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let r = self.next().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0; n];
-        self.fill(&mut v);
-        v
-    }
-
-    /// Random bytes, `min..=max` of them.
-    fn some_bytes(&mut self, min: usize, max: usize) -> Vec<u8> {
-        let n = min + self.below(max - min + 1);
-        self.bytes(n)
-    }
 }
 
 /// The server binary: `MCRELAY_BIN` if set, else the one cargo built for this test.
@@ -274,7 +231,7 @@ fn send_fragment_flood(
     let mut d = Vec::with_capacity(MAX_DATAGRAM);
     for msg_id in 0..msgs {
         for index in 0..per_msg {
-            let at = rng.below(pool.len() - chunk_len);
+            let at = rng.index(pool.len() - chunk_len);
             fragment(&mut d, msg_id, index, count, &pool[at..at + chunk_len]);
             assert_eq!(d.len(), MAX_DATAGRAM);
             send(&d);
@@ -832,7 +789,7 @@ fn partials_filling_the_total_reassembly_budget_stay_within_twice_it() {
         for msg in 0..8u32 {
             for index in 0..count - 1 {
                 for c in clients.iter_mut() {
-                    let at = rng.below(pool.len() - chunk_len);
+                    let at = rng.index(pool.len() - chunk_len);
                     fragment(
                         &mut d,
                         round * 8 + msg,
@@ -890,10 +847,10 @@ struct Expect {
 /// A size for a hostile datagram: mostly up to 1500 bytes, sometimes up
 /// to the largest UDP payload, now and then exactly that.
 fn hostile_size(rng: &mut XorShift) -> usize {
-    match rng.below(100) {
+    match rng.index(100) {
         0 => MAX_UDP,
-        1..=3 => 1500 + rng.below(MAX_UDP - 1500),
-        _ => 1 + rng.below(1500),
+        1..=3 => 1500 + rng.index(MAX_UDP - 1500),
+        _ => 1 + rng.index(1500),
     }
 }
 
@@ -920,19 +877,19 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
     let size = hostile_size(rng);
     // Room for a value in a datagram of `size` bytes with one TLV header.
     let room = size.saturating_sub(tlv::HEADER_LEN);
-    let session_type = [outer::DATA, outer::KEEPALIVE, outer::BYE][rng.below(3)];
+    let session_type = [outer::DATA, outer::KEEPALIVE, outer::BYE][rng.index(3)];
     let needs_session = |e: &mut Expect| {
         if !member {
             e.strangers += 1;
         }
     };
-    match rng.below(13) {
+    match rng.index(13) {
         // Random bytes: no telling what they are.
         0 => d.extend_from_slice(&rng.bytes(size)),
         // A TLV whose value is cut short.
         1 => {
-            let claimed = 1 + rng.below(room.clamp(1, tlv::MAX_VALUE_LEN));
-            d.extend_from_slice(&SOME_TYPES[rng.below(SOME_TYPES.len())].to_be_bytes());
+            let claimed = 1 + rng.index(room.clamp(1, tlv::MAX_VALUE_LEN));
+            d.extend_from_slice(&SOME_TYPES[rng.index(SOME_TYPES.len())].to_be_bytes());
             d.extend_from_slice(&(claimed as u16).to_be_bytes());
             d.extend_from_slice(&rng.some_bytes(0, claimed - 1));
             e.malformed += 1;
@@ -958,7 +915,7 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
         }
         // A FRAGMENT whose header is short, or claims count 0, or has no chunk.
         5 => {
-            let value = match rng.below(3) {
+            let value = match rng.index(3) {
                 0 => rng.some_bytes(0, FRAGMENT_HEADER_LEN - 1),
                 1 => {
                     let mut v = rng.some_bytes(FRAGMENT_HEADER_LEN + 1, FRAGMENT_HEADER_LEN + 1000);
@@ -980,8 +937,8 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
         // A FRAGMENT whose index is past its count; msg_ids of their own,
         // so it never meets a buffered message.
         6 => {
-            let count = 1 + rng.below(100) as u16;
-            let index = count + rng.below(1000) as u16;
+            let count = 1 + rng.index(100) as u16;
+            let index = count + rng.index(1000) as u16;
             let msg_id = 0x8000_0000 | rng.next() as u32;
             let chunk = rng.some_bytes(1, room.clamp(13, 1200) - 12);
             fragment(d, msg_id, index, count, &chunk);
@@ -993,16 +950,16 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
         // Plausible FRAGMENTs on a few msg_ids: duplicates, disagreeing
         // counts, messages that never complete.
         7 => {
-            let count = 2 + rng.below(63) as u16;
-            let index = rng.below(usize::from(count)) as u16;
+            let count = 2 + rng.index(63) as u16;
+            let index = rng.index(usize::from(count)) as u16;
             let chunk = rng.some_bytes(1, 1188);
-            fragment(d, rng.below(16) as u32, index, count, &chunk);
+            fragment(d, rng.index(16) as u32, index, count, &chunk);
             needs_session(e);
         }
         // A one-chunk "message" holding junk, or a FRAGMENT inside a FRAGMENT.
         8 => {
             let mut inner = Vec::new();
-            if rng.below(2) == 0 {
+            if rng.index(2) == 0 {
                 inner.extend_from_slice(&rng.some_bytes(1, room.clamp(13, 2000) - 12));
             } else {
                 fragment(&mut inner, rng.next() as u32, 0, 1, b"nested");
@@ -1013,13 +970,13 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
         // A junk token: random bytes, or text that looks like Fernet.
         9 | 10 => {
             let len = room.min(tlv::MAX_VALUE_LEN);
-            let value = if rng.below(2) == 0 {
+            let value = if rng.index(2) == 0 {
                 rng.bytes(len)
             } else {
                 const B64: &[u8] =
                     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
                 let mut v = b"gAAAAA".to_vec();
-                v.extend((0..len.saturating_sub(6)).map(|_| B64[rng.below(64)]));
+                v.extend((0..len.saturating_sub(6)).map(|_| B64[rng.index(64)]));
                 v
             };
             tlv::put(d, session_type, &value);
@@ -1038,10 +995,10 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
                 outer::SERVER_KEY,
                 outer::WELCOME,
             ];
-            for _ in 0..1 + rng.below(4) {
+            for _ in 0..1 + rng.index(4) {
                 tlv::put(
                     d,
-                    types[rng.below(types.len())],
+                    types[rng.index(types.len())],
                     &rng.some_bytes(0, room.min(300)),
                 );
                 e.unknown += 1;
@@ -1049,7 +1006,7 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
         }
         // Handshakes gone wrong: SESSION_KEY with a made-up, short or no
         // cookie; HELLO one byte short or of another version.
-        _ => match rng.below(4) {
+        _ => match rng.index(4) {
             0 => {
                 tlv::put(d, outer::COOKIE, &rng.bytes(COOKIE_LEN));
                 tlv::put(d, outer::SESSION_KEY, &rng.bytes(256));
@@ -1065,11 +1022,11 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
                 e.bad_cookies += 1;
             }
             _ => {
-                if rng.below(2) == 0 {
+                if rng.index(2) == 0 {
                     d.extend_from_slice(&hello(MIN_HELLO_LEN - 1));
                 } else {
                     d.extend_from_slice(&hello(size.max(MIN_HELLO_LEN)));
-                    d[4] = 2 + rng.below(254) as u8;
+                    d[4] = 2 + rng.index(254) as u8;
                 }
                 e.bad_hellos += 1;
             }
