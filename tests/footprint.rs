@@ -28,16 +28,6 @@ const MAX_KIB_PER_CLIENT: f64 = if cfg!(debug_assertions) { 8.0 } else { 4.0 };
 /// per handshake).
 const CLIENTS: usize = 100;
 
-/// A `kB` field of /proc/PID/status.
-fn status_kib(server: &Server, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc status"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Waits until the server has used no CPU for a few polls (its key made,
 /// its join notices sent).
 fn settle(server: &Server) {
@@ -66,7 +56,7 @@ fn settle(server: &Server) {
 fn an_idle_relay_is_small() {
     let server = Server::start(&["--log-level", "info"]);
     settle(&server);
-    let (rss, anon) = (server.rss_kib(), status_kib(&server, "RssAnon:"));
+    let (rss, anon) = (server.rss_kib(), server.status_kib("RssAnon:"));
     eprintln!("idle relay: VmRSS {rss} KiB, RssAnon {anon} KiB");
     assert!(
         anon <= MAX_IDLE_ANON_KIB,
@@ -87,10 +77,10 @@ fn each_registered_client_costs_little_memory() {
     // from there, so only what grows with the client count is counted.
     let mut clients = vec![server.client()];
     settle(&server);
-    let before = status_kib(&server, "RssAnon:");
+    let before = server.status_kib("RssAnon:");
     clients.extend((1..CLIENTS).map(|_| server.client()));
     settle(&server);
-    let after = status_kib(&server, "RssAnon:");
+    let after = server.status_kib("RssAnon:");
     let per_client = after.saturating_sub(before) as f64 / (CLIENTS - 1) as f64;
     eprintln!(
         "{CLIENTS} clients: RssAnon {before} -> {after} KiB, {per_client:.2} KiB per client, VmRSS {} KiB",

@@ -76,16 +76,6 @@ fn start(args: &[&str]) -> Server {
     Server::spawn(cmd)
 }
 
-/// A `Kb:` field of the server's /proc status, in KiB.
-fn proc_kib(server: &Server, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc status"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Memory watch over one attack: the peak resident size is what an
 /// attacker costs, even if the server frees it all before we look.
 struct MemWatch {
@@ -99,13 +89,13 @@ impl MemWatch {
         std::fs::write(format!("/proc/{}/clear_refs", server.child.id()), "5")
             .expect("reset the peak RSS of the server (Linux >= 4.0)");
         MemWatch {
-            base_kib: proc_kib(server, "VmRSS:"),
+            base_kib: server.status_kib("VmRSS:"),
         }
     }
 
     /// Peak RSS since `start`, minus RSS at `start`.
     fn growth_kib(&self, server: &Server) -> u64 {
-        proc_kib(server, "VmHWM:").saturating_sub(self.base_kib)
+        server.status_kib("VmHWM:").saturating_sub(self.base_kib)
     }
 }
 

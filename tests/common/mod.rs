@@ -151,11 +151,19 @@ impl Server {
         UdpClient::new(target, ClientOptions::default()).unwrap()
     }
 
-    /// Resident memory of the server process, in KiB (from /proc).
-    pub fn rss_kib(&self) -> u64 {
+    /// A `kB` field of the server's /proc/PID/status (VmRSS, VmHWM, ...), in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("no {field} in /proc status"));
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
     }
 
     /// Opens an admin session (the server must have been started with an admin port).
