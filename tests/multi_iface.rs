@@ -23,9 +23,10 @@ struct Hosts {
 }
 
 impl Hosts {
-    fn create() -> Hosts {
-        let relay = format!("mcrelay-r{}", std::process::id());
-        let guest = format!("mcrelay-g{}", std::process::id());
+    /// `tag` keeps the namespaces of tests running in parallel apart.
+    fn create(tag: &str) -> Hosts {
+        let relay = format!("mcrelay-{tag}r{}", std::process::id());
+        let guest = format!("mcrelay-{tag}g{}", std::process::id());
         run(&["ip", "netns", "add", &relay]);
         let hosts = Hosts { relay, guest };
         run(&["ip", "netns", "add", &hosts.guest]);
@@ -88,7 +89,7 @@ fn run(argv: &[&str]) {
 
 #[test]
 fn one_relay_serves_two_networks_joined_with_two_ifaces() {
-    let hosts = Hosts::create();
+    let hosts = Hosts::create("two");
     let mut cmd = Hosts::command(&hosts.relay, bin());
     cmd.args([
         "serve",
@@ -165,6 +166,78 @@ fn one_relay_serves_two_networks_joined_with_two_ifaces() {
             ),
         }
     }
+    let _ = listener.kill();
+    let _ = listener.wait();
+}
+
+/// `mcrelay serve` with no flags at all is a working relay on the defaults
+/// (group 239.255.0.77, port 5007, admin 5008, kernel's choice of interface),
+/// and `mcrelay send` with no flags reaches it. Run in a fresh namespace
+/// whose multicast route is its loopback, so the fixed default ports are free
+/// and nothing can leave the host.
+#[test]
+fn serve_with_no_flags_relays_on_the_defaults() {
+    let hosts = Hosts::create("def");
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &hosts.relay,
+        "ip",
+        "route",
+        "add",
+        "224.0.0.0/4",
+        "dev",
+        "lo",
+    ]);
+    let mut cmd = Hosts::command(&hosts.relay, bin());
+    cmd.arg("serve");
+    let mut server = Server::spawn(cmd);
+    assert_eq!(server.port, 5007);
+    assert_eq!(server.admin_port, Some(5008));
+    assert!(
+        server.find_log("group 239.255.0.77 on 0.0.0.0").is_some(),
+        "{}",
+        server.log_text()
+    );
+
+    let mut listener = Hosts::command(&hosts.relay, bin());
+    listener.args([
+        "listen",
+        "--group",
+        "239.255.0.77",
+        "--iface",
+        "127.0.0.1",
+        "--ttl",
+        "0",
+    ]);
+    let mut listener = listener
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = listener.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    server.wait_log("joined", DEADLINE);
+    let st = Hosts::command(&hosts.relay, bin())
+        .args(["send", "defaults work"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "`mcrelay send` with no flags");
+    let end = Instant::now() + DEADLINE;
+    let line = loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let l = lines.recv_timeout(left).expect("relayed message");
+        if l.ends_with("defaults work") {
+            break l;
+        }
+    };
+    assert!(line.starts_with("[127.0.0.1:"), "{line}");
     let _ = listener.kill();
     let _ = listener.wait();
 }
