@@ -32,3 +32,6 @@ pub mod timer;
 pub mod tlv;
 pub mod udp_client;
 pub mod wire;
+
+/// The client library: a session with the relay on its own UDP socket.
+pub use udp_client::UdpClient as Client;
