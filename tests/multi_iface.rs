@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Instant;
 
 use common::*;
@@ -123,13 +121,7 @@ fn one_relay_serves_two_networks_joined_with_two_ifaces() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let out = listener.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let lines = line_channel(listener.stdout.take().unwrap());
     server.wait_log("joined", DEADLINE);
 
     // The sender is a guest host: its multicast leaves v1 and arrives on v0.
@@ -216,13 +208,7 @@ fn serve_with_no_flags_relays_on_the_defaults() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = listener.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let lines = line_channel(listener.stdout.take().unwrap());
     server.wait_log("joined", DEADLINE);
     let st = Hosts::command(&hosts.relay, bin())
         .args(["send", "defaults work"])

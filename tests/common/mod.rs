@@ -347,3 +347,19 @@ pub fn signal(server: &Server, sig: i32) {
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     assert_eq!(unsafe { kill(server.child.id() as i32, sig) }, 0);
 }
+
+/// The lines a child writes to a pipe, delivered on a channel by a reader
+/// thread (so a test can wait for a line with a deadline).
+pub fn line_channel(
+    pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
