@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use common::*;
@@ -74,6 +75,21 @@ impl Drop for Hosts {
     }
 }
 
+/// `mcrelay listen` in namespace `ns`, reaching the relay through the group
+/// on loopback (TTL 0); its stdout lines arrive on the channel.
+fn listen_on_loopback(ns: &str, group: &[&str]) -> (Child, Receiver<String>) {
+    let mut child = Hosts::command(ns, bin())
+        .arg("listen")
+        .args(group)
+        .args(["--iface", "127.0.0.1", "--ttl", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = line_channel(child.stdout.take().unwrap());
+    (child, lines)
+}
+
 fn run(argv: &[&str]) {
     let st = Command::new(argv[0])
         .args(&argv[1..])
@@ -111,17 +127,7 @@ fn one_relay_serves_two_networks_joined_with_two_ifaces() {
     let group = ["--group", "239.255.0.77", "--port", &port];
 
     // The listener reaches the relay through the group on the loopback network.
-    let mut listener = Hosts::command(&hosts.relay, bin());
-    listener
-        .arg("listen")
-        .args(group)
-        .args(["--iface", "127.0.0.1", "--ttl", "0"]);
-    let mut listener = listener
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = line_channel(listener.stdout.take().unwrap());
+    let (mut listener, lines) = listen_on_loopback(&hosts.relay, &group);
     server.wait_log("joined", DEADLINE);
 
     // The sender is a guest host: its multicast leaves v1 and arrives on v0.
@@ -193,22 +199,7 @@ fn serve_with_no_flags_relays_on_the_defaults() {
         server.log_text()
     );
 
-    let mut listener = Hosts::command(&hosts.relay, bin());
-    listener.args([
-        "listen",
-        "--group",
-        "239.255.0.77",
-        "--iface",
-        "127.0.0.1",
-        "--ttl",
-        "0",
-    ]);
-    let mut listener = listener
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = line_channel(listener.stdout.take().unwrap());
+    let (mut listener, lines) = listen_on_loopback(&hosts.relay, &["--group", "239.255.0.77"]);
     server.wait_log("joined", DEADLINE);
     let st = Hosts::command(&hosts.relay, bin())
         .args(["send", "defaults work"])

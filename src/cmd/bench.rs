@@ -231,23 +231,9 @@ fn relay(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// Flags for a started relay: handshake limits out of the way (the bench
-/// connects all its clients at once) and room for every client.
+/// Flags for a started relay: generous limits plus the user's own.
 fn relay_args(o: &Opts) -> Vec<String> {
-    let clients = o.load.clients + o.load.senders;
-    let mut a: Vec<String> = [
-        "--rsa-rate",
-        "100000",
-        "--handshake-rate",
-        "100000",
-        "--handshake-burst",
-        "100000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push("--max-clients".into());
-    a.push((clients + 64).to_string());
+    let mut a = child::generous_args(o.load.clients + o.load.senders);
     a.extend(o.server_args.iter().cloned());
     a
 }

@@ -16,6 +16,25 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Log lines kept to explain a failure.
 const LOG_TAIL: usize = 20;
 
+/// Flags for a relay under measurement: handshake limits out of the way
+/// (the bench connects all its clients at once) and room for `clients`.
+pub fn generous_args(clients: usize) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--rsa-rate",
+        "100000",
+        "--handshake-rate",
+        "100000",
+        "--handshake-burst",
+        "100000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push("--max-clients".into());
+    a.push((clients + 64).to_string());
+    a
+}
+
 /// A running relay started by the benchmark; stopped on drop.
 pub struct Relay {
     child: std::process::Child,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::child::Relay;
+use super::child::{self, Relay};
 use super::{procfs, swarm};
 
 /// The stripped release binary at most (bytes).
@@ -72,19 +72,7 @@ pub fn measure(exe: &Path, clients: usize) -> Result<Footprint, String> {
     idle.stop();
 
     // Generous handshake limits: this measures memory, not the defences.
-    let args: Vec<String> = [
-        "--rsa-rate",
-        "100000",
-        "--handshake-rate",
-        "100000",
-        "--handshake-burst",
-        "100000",
-        "--max-clients",
-        &(clients + 64).to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = child::generous_args(clients);
     let busy = Relay::start(exe, &args)?;
     let t = Instant::now();
     let swarm = swarm::connect(
