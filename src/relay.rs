@@ -390,7 +390,7 @@ impl Relay {
 
     /// Runs the timers due at `now`. Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Transmits) {
-        self.cookies.rotate(now, &mut rand::rng());
+        self.rotate_cookies(now);
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.expire(now, &mut fired);
         for t in fired.drain(..) {
@@ -438,6 +438,14 @@ impl Relay {
         }
     }
 
+    /// Rotates the cookie secret when its epoch is over; checked per
+    /// datagram, so the common case is one comparison and no RNG handle.
+    fn rotate_cookies(&mut self, now: Instant) {
+        if now >= self.cookies.next_rotation() {
+            self.cookies.rotate(now, &mut rand::rng());
+        }
+    }
+
     /// Handles one datagram from `src`.
     pub fn handle_datagram(
         &mut self,
@@ -448,7 +456,7 @@ impl Relay {
     ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        self.cookies.rotate(now, &mut rand::rng());
+        self.rotate_cookies(now);
         self.handle_payload(now, src, data, false, out);
     }
 
