@@ -12,8 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use mcrelay::client::{ClientEvent, ClientOptions};
-use mcrelay::udp_client::{Target, UdpClient, DEFAULT_KEEPALIVE};
+use mcrelay::{ClientEvent, ClientOptions};
+use mcrelay::{Target, UdpClient, DEFAULT_KEEPALIVE};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

@@ -1,8 +1,8 @@
 //! Prints the worked byte-level examples quoted in PROTOCOL.md.
 //!
 //! Every datagram and plaintext below is built by the library itself
-//! (`mcrelay::client`, `mcrelay::relay`, `mcrelay::tlv`, `mcrelay::wire`,
-//! `mcrelay::fragment`), never written out by hand; rerun it and compare
+//! (`mcrelay::client`, `mcrelay::relay`, `mcrelay::wire::tlv`, `mcrelay::wire`,
+//! `mcrelay::wire::fragment`), never written out by hand; rerun it and compare
 //! with the document to see whether the two still agree.
 //!
 //! Run with `cargo run --example worked_bytes`.
@@ -19,13 +19,13 @@ use std::time::Instant;
 
 use fernet::Fernet;
 use hmac::{Hmac, KeyInit, Mac};
-use mcrelay::client::{ClientCore, ClientEvent, ClientOptions};
-use mcrelay::config::Config;
-use mcrelay::fragment;
-use mcrelay::keys::{self, ServerKey};
-use mcrelay::relay::{Relay, Transmits};
-use mcrelay::tlv::{self, Reader};
+use mcrelay::wire::fragment;
+use mcrelay::wire::tlv::{self, Reader};
 use mcrelay::wire::{self, inner, outer, LeaveReason, RejectReason};
+use mcrelay::Config;
+use mcrelay::ServerKey;
+use mcrelay::{ClientCore, ClientEvent, ClientOptions};
+use mcrelay::{Relay, Transmits};
 use rsa::sha2::Sha256;
 
 /// A documentation address (RFC 5737) used as the example client.
@@ -190,8 +190,8 @@ fn fernet_token(plain: &[u8]) {
     let token = f.encrypt_at_time(plain, timestamp);
 
     println!("key (URL-safe base64, {} chars): {key}", key.len());
-    println!("  signing key    = {}", keys::hex(&raw_key[..16]));
-    println!("  encryption key = {}", keys::hex(&raw_key[16..]));
+    println!("  signing key    = {}", mcrelay::hex(&raw_key[..16]));
+    println!("  encryption key = {}", mcrelay::hex(&raw_key[16..]));
     println!(
         "token text ({} ASCII chars, the TLV value): {token}",
         token.len()
@@ -201,15 +201,15 @@ fn fernet_token(plain: &[u8]) {
     println!("decoded token {} bytes:", bytes.len());
     println!("  version    {:02x}", bytes[0]);
     let ts = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
-    println!("  timestamp  {}  (= {ts})", keys::hex(&bytes[1..9]));
-    println!("  IV         {}", keys::hex(&bytes[9..25]));
+    println!("  timestamp  {}  (= {ts})", mcrelay::hex(&bytes[1..9]));
+    println!("  IV         {}", mcrelay::hex(&bytes[9..25]));
     println!(
         "  ciphertext {} bytes (AES-128-CBC, PKCS7; {} plaintext bytes)",
         signed.len() - 25,
         plain.len()
     );
     dump(&signed[25..]);
-    println!("  HMAC       {}", keys::hex(mac));
+    println!("  HMAC       {}", mcrelay::hex(mac));
 
     let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&raw_key[..16]).expect("any key length");
     m.update(signed);

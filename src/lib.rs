@@ -1,37 +1,46 @@
 //! mcrelay: a small, hardened relay that turns an open UDP multicast group
 //! into a secure, managed relay (protocol v1, see PROTOCOL.md).
 //!
-//! The protocol logic is sans-IO: [`relay::Relay`] (server) and
-//! [`client::ClientCore`] (client) take the caller's time and datagrams and
-//! return datagrams to send; they own no socket and read no clock. The thin
-//! IO shells are [`server::Server`] (one mio loop) and
-//! [`udp_client::UdpClient`] (blocking std socket).
+//! The layers, from the bytes up:
+//! - [`wire`]: bytes to values and back; no state, no clock, no crypto.
+//! - `session`: the pairwise Fernet session, its replay window, the RSA key.
+//! - `relay`: the server's sans-IO core, [`Relay`]. It takes the caller's
+//!   time, randomness and datagrams and returns datagrams to send; it owns
+//!   no socket and reads no clock, so tests and fuzzers drive it
+//!   deterministically.
+//! - `client`: the client's sans-IO core, [`ClientCore`], and its blocking
+//!   socket shell, [`UdpClient`].
+//! - `net`: the one mio loop ([`Server`]) and everything else that touches
+//!   a socket or a file: sendmmsg batching, the admin channel, the log ring,
+//!   the key file.
+//!
+//! Shared by both cores: reassembly, the timer wheel and the rate limiters.
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod batch;
-pub mod client;
-pub mod config;
-pub mod cookie;
-pub mod fragment;
+mod client;
+mod net;
+mod ratelimit;
+mod reassembly;
+mod relay;
+mod session;
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
-pub mod fuzzing;
-pub mod keys;
-pub mod logring;
-pub mod ratelimit;
-pub mod relay;
-#[cfg(test)]
-mod relay_tests;
-pub mod replay;
-pub mod server;
-pub mod session;
-pub mod stats;
-#[doc(hidden)]
-pub mod testrng;
-pub mod timer;
-pub mod tlv;
-pub mod udp_client;
+pub mod sim;
+mod timer;
 pub mod wire;
 
+pub use client::udp::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE};
+pub use client::{ClientCore, ClientError, ClientEvent, ClientOptions};
+pub use net::admin::{Admin, AdminConfig};
+pub use net::batch::{send_all, send_each, BATCH};
+pub use net::keyfile::{load_or_create, KeyError};
+pub use net::logring;
+pub use net::server::{open_udp, Listen, Server, Signals};
+pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};
+pub use relay::config::Config;
+pub use relay::stats::Stats;
+pub use relay::{ClientInfo, Event, Relay, Transmits};
+pub use session::key::{fingerprint, hex, ServerKey};
+
 /// The client library: a session with the relay on its own UDP socket.
-pub use udp_client::UdpClient as Client;
+pub use client::udp::UdpClient as Client;

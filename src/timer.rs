@@ -159,12 +159,14 @@ impl<T> TimerWheel<T> {
         best
     }
 
+    #[cfg(any(test, fuzzing))]
     /// Number of scheduled items.
     #[must_use]
     pub fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(any(test, fuzzing))]
     /// True when nothing is scheduled.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -230,7 +232,7 @@ impl<T> TimerWheel<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testrng::XorShift;
+    use crate::sim::testrng::XorShift;
 
     const TICK: Duration = Duration::from_millis(50);
     const SLOTS: usize = 512;

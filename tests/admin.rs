@@ -7,8 +7,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcrelay::client::ClientEvent;
 use mcrelay::wire::{LeaveReason, RejectReason};
+use mcrelay::ClientEvent;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -290,11 +290,7 @@ fn long_lines_non_utf8_and_half_lines_do_not_hurt() {
 }
 
 /// Median round trip of `n` messages from `a` to `b`.
-fn median_rtt(
-    a: &mut mcrelay::udp_client::UdpClient,
-    b: &mut mcrelay::udp_client::UdpClient,
-    n: usize,
-) -> Duration {
+fn median_rtt(a: &mut mcrelay::UdpClient, b: &mut mcrelay::UdpClient, n: usize) -> Duration {
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
         let body = format!("rt{i}");
@@ -379,7 +375,7 @@ fn sighup_re_reads_both_token_files() {
     let mut a = server.admin();
     assert_eq!(a.cmd("auth adm1").1, "ERR bad token");
     assert_eq!(a.cmd("auth adm2").1, "OK");
-    let with = |t: &[u8]| mcrelay::client::ClientOptions {
+    let with = |t: &[u8]| mcrelay::ClientOptions {
         access_token: Some(t.to_vec()),
         ..Default::default()
     };

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcrelay::client::{ClientEvent, ClientOptions};
 use mcrelay::wire::LeaveReason;
+use mcrelay::{ClientEvent, ClientOptions};
 
 /// A client process; its stdout lines arrive on a channel, its stderr is
 /// collected. Killed on drop.
@@ -532,7 +532,7 @@ print("ok", len(events))
 "#;
     let mut py = Command::new("python3")
         .args(["-c", check, &id])
-        .args(bodies.iter().map(|b| mcrelay::keys::hex(b)))
+        .args(bodies.iter().map(|b| mcrelay::hex(b)))
         .stdin(Stdio::piped())
         .output_with_stdin(listen.seen.join("\n") + "\n");
     assert!(

@@ -24,12 +24,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::testrng::XorShift;
 use common::*;
-use mcrelay::client::{ClientEvent, ClientOptions};
-use mcrelay::testrng::XorShift;
-use mcrelay::tlv::{self, Reader};
-use mcrelay::udp_client::ConnectError;
+use mcrelay::wire::tlv::{self, Reader};
 use mcrelay::wire::{outer, RejectReason, COOKIE_LEN, MIN_HELLO_LEN};
+use mcrelay::ConnectError;
+use mcrelay::{ClientEvent, ClientOptions};
 
 /// Silence that ends a drain of a client's pending events.
 const QUIET: Duration = Duration::from_millis(300);
@@ -458,7 +458,7 @@ fn rejects_to_one_source_are_rate_limited() {
 }
 
 /// A handshake by a new client: the client and how long it took.
-fn timed_handshake(server: &Server) -> (mcrelay::udp_client::UdpClient, Duration) {
+fn timed_handshake(server: &Server) -> (mcrelay::UdpClient, Duration) {
     let mut c = server.client_with(ClientOptions::default());
     let t = Instant::now();
     c.connect(DEADLINE).expect("handshake");

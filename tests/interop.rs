@@ -90,9 +90,9 @@ fn python_and_rust_clients_relay_both_ways_through_the_rust_server() {
     let mut rust = server.client();
     let py = Listener::start(&server, &[]);
     let py_id = match expect_event(&mut rust, "python join", |e| {
-        matches!(e, mcrelay::client::ClientEvent::PeerJoined(_))
+        matches!(e, mcrelay::ClientEvent::PeerJoined(_))
     }) {
-        mcrelay::client::ClientEvent::PeerJoined(id) => id,
+        mcrelay::ClientEvent::PeerJoined(id) => id,
         _ => unreachable!(),
     };
     let rust_id = rust.id().unwrap().to_string();
@@ -133,7 +133,7 @@ fn python_client_handshakes_through_the_multicast_group_with_a_pin_and_token() {
     let server = Server::start(&["--token-file", token]);
     let fp = server.find_log("fingerprint (sha256)").unwrap();
     let fp = fp.rsplit(' ').next().unwrap();
-    let opts = mcrelay::client::ClientOptions {
+    let opts = mcrelay::ClientOptions {
         access_token: Some(b"open sesame".to_vec()),
         ..Default::default()
     };
@@ -151,7 +151,7 @@ fn python_client_handshakes_through_the_multicast_group_with_a_pin_and_token() {
         ],
     );
     expect_event(&mut rust, "python join", |e| {
-        matches!(e, mcrelay::client::ClientEvent::PeerJoined(_))
+        matches!(e, mcrelay::ClientEvent::PeerJoined(_))
     });
     rust.send(b"pinned").unwrap();
     py.expect_line(|l| l.ends_with("] pinned"));

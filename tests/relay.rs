@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mcrelay::client::{ClientEvent, ClientOptions};
 use mcrelay::wire::{LeaveReason, RejectReason};
+use mcrelay::{ClientEvent, ClientOptions};
 
 const QUIET: Duration = Duration::from_millis(500);
 
@@ -81,7 +81,7 @@ fn three_clients_each_message_once_to_each_other_never_echoed() {
     }
 }
 
-fn drain_all(cs: &mut [mcrelay::udp_client::UdpClient]) {
+fn drain_all(cs: &mut [mcrelay::UdpClient]) {
     for c in cs {
         drain(c, QUIET);
     }
@@ -292,7 +292,7 @@ fn access_token_accepted_and_refused() {
             ..Default::default()
         });
         match c.connect(DEADLINE) {
-            Err(mcrelay::udp_client::ConnectError::Rejected(RejectReason::AuthFailed)) => {}
+            Err(mcrelay::ConnectError::Rejected(RejectReason::AuthFailed)) => {}
             other => panic!("token {bad:?}: expected REJECT 2, got {other:?}"),
         }
     }

@@ -1,7 +1,7 @@
-//! cargo-fuzz target; the body lives in `mcrelay::fuzzing::inner` so the
+//! cargo-fuzz target; the body lives in `mcrelay::sim::fuzz::inner` so the
 //! corpus also replays under `cargo test` (tests/fuzz_corpus.rs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| mcrelay::fuzzing::inner(data));
+fuzz_target!(|data: &[u8]| mcrelay::sim::fuzz::inner(data));

@@ -1,7 +1,7 @@
-//! cargo-fuzz target; the body lives in `mcrelay::fuzzing::tlv` so the
+//! cargo-fuzz target; the body lives in `mcrelay::sim::fuzz::tlv` so the
 //! corpus also replays under `cargo test` (tests/fuzz_corpus.rs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| mcrelay::fuzzing::tlv(data));
+fuzz_target!(|data: &[u8]| mcrelay::sim::fuzz::tlv(data));

@@ -4,7 +4,7 @@
 use std::io::{self, BufRead};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 
-use mcrelay::udp_client::UdpClient;
+use mcrelay::UdpClient;
 
 use super::client_args;
 use super::finish;

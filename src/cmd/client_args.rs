@@ -4,9 +4,9 @@
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use mcrelay::client::{ClientError, ClientOptions};
-use mcrelay::udp_client::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE};
 use mcrelay::wire::{RejectReason, MAX_ACCESS_TOKEN_LEN};
+use mcrelay::{ClientError, ClientOptions};
+use mcrelay::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE};
 
 use super::{opt, read_token_file};
 

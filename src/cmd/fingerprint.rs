@@ -1,7 +1,5 @@
 //! `mcrelay fingerprint --key-file PATH`: what clients pin.
 
-use mcrelay::keys::ServerKey;
-
 const HELP: &str = "\
 mcrelay fingerprint: print the SHA-256 fingerprint of the server's public key
 
@@ -23,7 +21,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     if !path.exists() {
         return Err(format!("key file {} does not exist", path.display()));
     }
-    let (key, _) = ServerKey::load_or_create(path).map_err(|e| e.to_string())?;
+    let (key, _) = mcrelay::load_or_create(path).map_err(|e| e.to_string())?;
     println!("{}", key.fingerprint());
     Ok(())
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcrelay::client::ClientEvent;
-use mcrelay::udp_client::UdpClient;
 use mcrelay::wire::RejectReason;
+use mcrelay::ClientEvent;
+use mcrelay::UdpClient;
 
 use super::client_args::{self, ClientArgs};
 use super::finish;
@@ -168,7 +168,7 @@ impl Printer {
                     ("event", "message"),
                     ("from", &sender),
                     ("text", &escape(&body)),
-                    ("hex", &mcrelay::keys::hex(&body)),
+                    ("hex", &mcrelay::hex(&body)),
                 ]),
             },
             (ClientEvent::PeerJoined(id), Text) => format!("* {} joined", escape(id.as_bytes())),

@@ -5,12 +5,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use log::{info, warn, LevelFilter};
-use mcrelay::admin::{Admin, AdminConfig};
-use mcrelay::config::Config;
-use mcrelay::keys::ServerKey;
 use mcrelay::logring;
-use mcrelay::relay::Relay;
-use mcrelay::server::{self, Listen, Server, Signals};
+use mcrelay::Config;
+use mcrelay::Relay;
+use mcrelay::ServerKey;
+use mcrelay::{open_udp, Listen, Server, Signals};
+use mcrelay::{Admin, AdminConfig};
 
 use super::{finish, many, opt, read_token_file};
 
@@ -144,7 +144,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     let key = match &key_file {
         Some(path) => {
             let (key, created) =
-                ServerKey::load_or_create(Path::new(path)).map_err(|e| e.to_string())?;
+                mcrelay::load_or_create(Path::new(path)).map_err(|e| e.to_string())?;
             if created {
                 info!("created key file {path} (mode 0600)");
             }
@@ -153,7 +153,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         None => ServerKey::generate().map_err(|e| e.to_string())?,
     };
     let fingerprint = key.fingerprint();
-    let udp = server::open_udp(&listen)?;
+    let udp = open_udp(&listen)?;
     let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let admin = if no_admin {
         None

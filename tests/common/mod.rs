@@ -3,14 +3,20 @@
 //! 127.0.0.1 with TTL 0, so no datagram leaves the host.
 #![allow(dead_code)] // each test binary uses a different part of it
 
+/// The library's deterministic test RNG, shared as source (the library
+/// compiles its simulator only for its own tests and for fuzzing).
+#[allow(dead_code)]
+#[path = "../../src/sim/testrng.rs"]
+pub mod testrng;
+
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mcrelay::client::{ClientEvent, ClientOptions};
-use mcrelay::udp_client::{Target, UdpClient};
+use mcrelay::{ClientEvent, ClientOptions};
+use mcrelay::{Target, UdpClient};
 
 /// Generous: CI is a noisy 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);

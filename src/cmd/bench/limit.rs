@@ -4,7 +4,7 @@
 //! sends it to one of `sinks` loopback sockets in turn, the way a fan-out
 //! does; a second thread drains the sinks as the benchmark's receivers do. Measured
 //! twice, side by side: one `sendto` per datagram (the plain loop), and
-//! [`mcrelay::batch::send_all`] per [`BATCH`] datagrams.
+//! [`mcrelay::send_all`] per [`BATCH`] datagrams.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -14,10 +14,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fernet::Fernet;
-use mcrelay::batch::{self, BATCH};
-use mcrelay::relay::Transmits;
-use mcrelay::tlv;
+use mcrelay::wire::tlv;
 use mcrelay::wire::{self, inner, outer};
+use mcrelay::Transmits;
+use mcrelay::BATCH;
 use mio::{Events, Interest, Poll, Token};
 
 use super::procfs;
@@ -135,7 +135,7 @@ fn one_loop(
             n += 1;
         }
         if batched {
-            batch::send_all(tx, out.iter(), |_, _| {});
+            mcrelay::send_all(tx, out.iter(), |_, _| {});
             out.clear();
         }
         if Instant::now() >= end {

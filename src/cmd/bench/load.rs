@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mcrelay::client::ClientEvent;
+use mcrelay::ClientEvent;
 use mio::{Events, Interest, Poll, Token};
 
 use super::hist::Histogram;

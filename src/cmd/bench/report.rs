@@ -231,7 +231,7 @@ fn limit_json(l: &Limit) -> String {
     Obj::new()
         .raw("plain", rate_json(&l.plain))
         .raw("batched", rate_json(&l.batched))
-        .num("batch", mcrelay::batch::BATCH as f64)
+        .num("batch", mcrelay::BATCH as f64)
         .raw(
             "runs",
             json::array(l.runs.iter().map(|(n, r)| {
@@ -251,7 +251,7 @@ fn print_limit(l: &Limit) {
         "limit, one core, Fernet encrypt + send (medians):  plain sendto {} deliveries/CPU-s ({:.2} µs each)  |  sendmmsg x{} {} deliveries/CPU-s ({:.2} µs each)",
         thousands(l.plain.per_cpu_sec as u64),
         per(&l.plain),
-        mcrelay::batch::BATCH,
+        mcrelay::BATCH,
         thousands(l.batched.per_cpu_sec as u64),
         per(&l.batched),
     );

@@ -7,8 +7,8 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use mcrelay::client::{ClientCore, ClientEvent, ClientOptions};
 use mcrelay::wire::RejectReason;
+use mcrelay::{ClientCore, ClientEvent, ClientOptions};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 

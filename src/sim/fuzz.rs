@@ -17,13 +17,12 @@ use rsa::sha2::Sha256;
 use rsa::PublicKey;
 
 use crate::client::{ClientCore, ClientEvent, ClientOptions};
-use crate::config::Config;
-use crate::fragment::{
-    self, FragmentHeader, Outcome, Reassembler, ReassemblyLimits, CHUNK_OVERHEAD, FRAGMENT_OVERHEAD,
-};
-use crate::keys::ServerKey;
+use crate::reassembly::{Outcome, Reassembler, ReassemblyLimits, CHUNK_OVERHEAD};
+use crate::relay::config::Config;
 use crate::relay::{Event, Relay, Transmits};
-use crate::tlv::{self, Reader};
+use crate::session::key::ServerKey;
+use crate::wire::fragment::{self, FragmentHeader, FRAGMENT_OVERHEAD};
+use crate::wire::tlv::{self, Reader};
 use crate::wire::{self, inner, outer, Inner, InnerError, COOKIE_LEN};
 
 /// A cursor over the fuzz input. Every read returns `None` once the input
@@ -299,7 +298,7 @@ pub fn reassembly(data: &[u8]) {
                         assert_eq!(payload, want, "reassembled payload differs");
                     }
                     Outcome::Dropped(why) => {
-                        assert_ne!(why, fragment::DropReason::Expired);
+                        assert_ne!(why, crate::reassembly::DropReason::Expired);
                         shadow.remove(&key);
                     }
                 }

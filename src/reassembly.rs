@@ -1,7 +1,4 @@
-//! FRAGMENT (outer type 0x0006): splitting oversized datagrams and bounded reassembly.
-//!
-//! A FRAGMENT TLV value is `msg_id u32 BE | index u16 BE | count u16 BE | chunk`;
-//! chunks `0..count` concatenated form one datagram payload.
+//! Bounded reassembly of FRAGMENTs, shared by the relay and client cores.
 //!
 //! Reassembly buffers attacker-controlled data, so every limit is enforced on
 //! bytes actually received (plus a fixed per-chunk overhead), never on the
@@ -14,105 +11,17 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Outer TLV type code of a fragment.
-pub const FRAGMENT_TYPE: u16 = 0x0006;
-
-/// Bytes a fragment datagram spends on headers: 4 (TLV) + 8 (msg_id, index, count).
-pub const FRAGMENT_OVERHEAD: usize = 12;
-
-/// Bytes of `msg_id | index | count` at the start of a FRAGMENT value.
-pub const FRAGMENT_HEADER_LEN: usize = 8;
-
-/// Largest chunk one FRAGMENT TLV can carry: its u16 length field also covers
-/// the 8 header bytes, so `split` never exceeds this even for huge `max_datagram`.
-pub const MAX_CHUNK_LEN: usize = u16::MAX as usize - FRAGMENT_HEADER_LEN;
+use crate::wire::fragment::FragmentHeader;
 
 /// Charged against the byte limits for every buffered chunk on top of its
 /// length, so that floods of 1-byte chunks cannot make the bookkeeping
 /// (chunk index entries, map and queue slots) outgrow the budget.
 pub const CHUNK_OVERHEAD: usize = 32;
 
-const TLV_HEADER_LEN: usize = 4;
-
 /// Stale expiry entries tolerated beyond twice the live partial count before
 /// the queue is compacted; the slack keeps tiny queues from compacting on
 /// every call.
 const COMPACT_SLACK: usize = 64;
-
-/// One parsed FRAGMENT value, borrowing its chunk from the datagram.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FragmentHeader<'a> {
-    /// Sender-chosen id shared by all fragments of one message.
-    pub msg_id: u32,
-    /// Position of this chunk, `0..count`.
-    pub index: u16,
-    /// Number of chunks the sender claims; untrusted, never used to size memory.
-    pub count: u16,
-    /// The chunk bytes (non-empty when produced by [`parse_fragment`]).
-    pub chunk: &'a [u8],
-}
-
-/// Parses a FRAGMENT TLV *value* (not the TLV header). None if shorter than 8 bytes, count == 0, or empty chunk.
-///
-/// `index >= count` is *not* rejected here: the reassembler must see it so it
-/// can discard the rest of that message.
-pub fn parse_fragment(value: &[u8]) -> Option<FragmentHeader<'_>> {
-    let (head, chunk) = value.split_first_chunk::<FRAGMENT_HEADER_LEN>()?;
-    let msg_id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    let index = u16::from_be_bytes([head[4], head[5]]);
-    let count = u16::from_be_bytes([head[6], head[7]]);
-    if count == 0 || chunk.is_empty() {
-        return None;
-    }
-    Some(FragmentHeader {
-        msg_id,
-        index,
-        count,
-        chunk,
-    })
-}
-
-/// Splits `payload` into fragment datagrams of at most `max_datagram` bytes each, calling `emit` once per
-/// datagram in index order. Returns the number of fragments, or None (emitting nothing) if it would need
-/// more than 65535 fragments or max_datagram <= FRAGMENT_OVERHEAD. Uses one reused scratch buffer (no allocation per fragment).
-///
-/// An empty payload returns `Some(0)` and emits nothing: the wire format has
-/// no way to express it (count 0 and empty chunks are malformed), and an empty
-/// payload never needs fragmenting anyway. A payload that would fit in one
-/// datagram still yields one `count == 1` fragment; deciding whether to
-/// fragment at all is the caller's job. Chunks are capped at
-/// [`MAX_CHUNK_LEN`] so the TLV length field cannot overflow.
-pub fn split(
-    payload: &[u8],
-    max_datagram: usize,
-    msg_id: u32,
-    mut emit: impl FnMut(&[u8]),
-) -> Option<usize> {
-    let room = max_datagram
-        .checked_sub(FRAGMENT_OVERHEAD)
-        .filter(|&room| room > 0)?;
-    let chunk_len = room.min(MAX_CHUNK_LEN);
-    let n = payload.len().div_ceil(chunk_len);
-    let count = u16::try_from(n).ok()?;
-    let mut buf =
-        Vec::with_capacity(FRAGMENT_OVERHEAD.saturating_add(chunk_len.min(payload.len())));
-    // `n <= u16::MAX` chunks, so zipping with every u16 never cuts the payload short.
-    for (index, chunk) in (0..=u16::MAX).zip(payload.chunks(chunk_len)) {
-        // The fallback is unreachable: chunk.len() <= MAX_CHUNK_LEN = u16::MAX - FRAGMENT_HEADER_LEN.
-        let value_len =
-            u16::try_from(FRAGMENT_HEADER_LEN.saturating_add(chunk.len())).unwrap_or(u16::MAX);
-        buf.clear();
-        buf.extend_from_slice(&FRAGMENT_TYPE.to_be_bytes());
-        buf.extend_from_slice(&value_len.to_be_bytes());
-        buf.extend_from_slice(&msg_id.to_be_bytes());
-        buf.extend_from_slice(&index.to_be_bytes());
-        buf.extend_from_slice(&count.to_be_bytes());
-        buf.extend_from_slice(chunk);
-        debug_assert_eq!(buf.len(), TLV_HEADER_LEN + usize::from(value_len));
-        emit(&buf);
-    }
-    Some(n)
-}
 
 /// Bounds on what a [`Reassembler`] may hold, so memory stays fixed whatever peers send.
 #[derive(Clone, Debug)]
@@ -284,6 +193,7 @@ impl Reassembler {
         }
     }
 
+    #[cfg(any(test, fuzzing))]
     /// The limits this reassembler enforces.
     pub fn limits(&self) -> &ReassemblyLimits {
         &self.limits
@@ -359,6 +269,7 @@ impl Reassembler {
         self.total_bytes
     }
 
+    #[cfg(any(test, fuzzing))]
     /// Incomplete messages held across all owners.
     pub fn partials(&self) -> usize {
         self.partials.len()
@@ -588,7 +499,10 @@ fn assemble(p: Partial) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testrng::XorShift;
+    use crate::sim::testrng::XorShift;
+    use crate::wire::fragment::*;
+    use crate::wire::outer::FRAGMENT;
+    use crate::wire::tlv::HEADER_LEN as TLV_HEADER_LEN;
 
     fn frag(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> FragmentHeader<'_> {
         FragmentHeader {
@@ -610,10 +524,7 @@ mod tests {
     /// Checks the outer TLV framing and returns the FRAGMENT value.
     fn value_of(datagram: &[u8]) -> &[u8] {
         assert!(datagram.len() >= TLV_HEADER_LEN);
-        assert_eq!(
-            u16::from_be_bytes([datagram[0], datagram[1]]),
-            FRAGMENT_TYPE
-        );
+        assert_eq!(u16::from_be_bytes([datagram[0], datagram[1]]), FRAGMENT);
         let len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
         assert_eq!(len, datagram.len() - TLV_HEADER_LEN);
         &datagram[TLV_HEADER_LEN..]

@@ -13,8 +13,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::cookie::ct_eq;
-use crate::logring;
+use crate::net::logring;
+use crate::relay::cookie::ct_eq;
 use crate::relay::{Relay, Transmits};
 
 /// Longest command line, without its line ending.

@@ -2,9 +2,12 @@
 //! and the anti-replay window for SEQs received. Both the server (one per
 //! client) and the client use it.
 
+pub mod key;
+pub mod replay;
+
 use fernet::Fernet;
 
-use crate::replay::ReplayWindow;
+use crate::session::replay::ReplayWindow;
 use crate::wire::{self, Inner, InnerError};
 
 /// Why a received token was refused.
@@ -90,6 +93,7 @@ impl Session {
         Ok(plain)
     }
 
+    #[cfg(any(test, fuzzing))]
     /// The SEQ the next sealed token will carry.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -99,7 +103,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tlv;
+    use crate::wire::tlv;
 
     fn pair() -> (Session, Session) {
         let key = Fernet::generate_key();

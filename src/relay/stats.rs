@@ -1,7 +1,7 @@
 //! Counters for everything the relay does and everything it drops. The
 //! admin channel prints them as `name value` lines.
 
-use crate::fragment::DropReason;
+use crate::reassembly::DropReason;
 
 /// Why a handshake was refused, for per-reason counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

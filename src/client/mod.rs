@@ -1,6 +1,8 @@
 //! The client side of protocol v1, sans-IO: [`ClientCore`] turns the
 //! server's datagrams into [`ClientEvent`]s and user actions into datagrams
-//! for the server. [`crate::udp_client::UdpClient`] puts it on a socket.
+//! for the server. [`crate::client::udp::UdpClient`] puts it on a socket.
+
+pub mod udp;
 
 use std::time::Instant;
 
@@ -9,10 +11,11 @@ use rsa::pkcs8::DecodePublicKey;
 use rsa::sha2::Sha256;
 use rsa::PublicKey;
 
-use crate::fragment::{self, Outcome, Reassembler, ReassemblyLimits};
-use crate::keys;
+use crate::reassembly::{Outcome, Reassembler, ReassemblyLimits};
+use crate::session::key;
 use crate::session::{Direction, Session};
-use crate::tlv::{self, Reader};
+use crate::wire::fragment;
+use crate::wire::tlv::{self, Reader};
 use crate::wire::{
     self, inner, outer, Inner, LeaveReason, RejectReason, COOKIE_LEN, MIN_HELLO_LEN,
 };
@@ -271,7 +274,7 @@ impl ClientCore {
             self.dropped += 1;
             return Ok(());
         }
-        let fingerprint = keys::fingerprint(der);
+        let fingerprint = key::fingerprint(der);
         if let Some(pin) = &self.opts.pin {
             if !pin.eq_ignore_ascii_case(&fingerprint) {
                 self.state = State::Idle;

@@ -8,8 +8,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use mcrelay::client::{ClientEvent, ClientOptions};
-//! use mcrelay::udp_client::{Target, UdpClient};
+//! use mcrelay::{ClientEvent, ClientOptions, Target, UdpClient};
 //!
 //! let target = Target::Unicast("127.0.0.1:5007".parse().unwrap());
 //! let mut c = UdpClient::new(target, ClientOptions::default())?;

@@ -84,6 +84,7 @@ impl ReplayWindow {
         true
     }
 
+    #[cfg(any(test, fuzzing))]
     /// The highest SEQ recorded so far (0 before any).
     #[must_use]
     pub fn highest(&self) -> u64 {

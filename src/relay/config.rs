@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::fragment::ReassemblyLimits;
+use crate::reassembly::ReassemblyLimits;
 
 /// Everything the sans-IO core needs to know besides its key.
 #[derive(Clone, Debug)]

@@ -4,7 +4,10 @@
 //! token. [`Inner::parse`] enforces the §4 rules: SEQ present and 8 bytes,
 //! every known type at most once, no framing errors.
 
-use crate::tlv::{self, Reader};
+pub mod fragment;
+pub mod tlv;
+
+use tlv::Reader;
 
 /// Protocol version carried in HELLO.
 pub const VERSION: u8 = 1;

@@ -6,6 +6,12 @@
 //! The same inputs give the same decisions, which is what lets unit tests
 //! and fuzzers drive it with a fake clock.
 
+pub mod config;
+pub mod cookie;
+pub mod stats;
+#[cfg(test)]
+mod tests;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,17 +19,18 @@ use std::time::{Duration, Instant};
 use log::{debug, info};
 use slab::Slab;
 
-use crate::config::Config;
-use crate::cookie::{self, ct_eq, CookieJar};
-use crate::fragment::{self, Outcome, Reassembler};
-use crate::keys::ServerKey;
 use crate::ratelimit::{KeyedLimiter, TokenBucket};
+use crate::reassembly::{DropReason as ReassemblyDrop, Outcome, Reassembler};
+use crate::relay::config::Config;
+use crate::relay::stats::{Refusal, Stats};
+use crate::session::key::ServerKey;
 use crate::session::{Direction, OpenError, Session};
-use crate::stats::{Refusal, Stats};
 use crate::timer::TimerWheel;
-use crate::tlv::{self, Reader};
+use crate::wire::fragment;
+use crate::wire::tlv::{self, Reader};
 use crate::wire::{self, inner, outer, Inner, LeaveReason, RejectReason};
 use crate::wire::{COOKIE_LEN, FERNET_KEY_LEN, MIN_HELLO_LEN};
+use cookie::{ct_eq, CookieJar};
 
 /// Timer wheel resolution.
 const TICK: Duration = Duration::from_millis(50);
@@ -401,7 +408,7 @@ impl Relay {
                     let n = self.reassembler.expire(now);
                     if n > 0 {
                         self.stats
-                            .reassembly_drop(fragment::DropReason::Expired, n as u64);
+                            .reassembly_drop(ReassemblyDrop::Expired, n as u64);
                         drop_debug!(self, now, "reassembly: {n} stale partial messages dropped");
                     }
                     self.schedule_gc();

@@ -1,15 +1,15 @@
 //! Replays every file of `fuzz/corpus/<target>/` through the matching
-//! `mcrelay::fuzzing` function, so crashes the fuzzers found (and the seeds
+//! `crate::sim::fuzz` function, so crashes the fuzzers found (and the seeds
 //! that reach deep states) stay fixed under a plain `cargo test`.
 //!
-//! `cargo test --test fuzz_corpus -- --ignored generate_seeds` rewrites the
+//! `cargo test --lib sim::corpus -- --ignored generate_seeds` rewrites the
 //! hand-made seed files (`seed-*`) from real handshakes and relays.
 
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use mcrelay::fuzzing;
+use crate::sim::fuzz as fuzzing;
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -351,8 +351,8 @@ fn reassembly_seeds() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 fn inner_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    use mcrelay::tlv::{put, put_u8};
-    use mcrelay::wire::{inner::*, put_seq};
+    use crate::wire::tlv::{put, put_u8};
+    use crate::wire::{inner::*, put_seq};
     let build = |f: &dyn Fn(&mut Vec<u8>)| {
         let mut v = Vec::new();
         f(&mut v);
@@ -413,10 +413,10 @@ fn inner_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 /// Real datagrams of both directions from a sans-IO relay and two clients.
 fn tlv_seeds() -> Vec<(String, Vec<u8>)> {
-    use mcrelay::client::{ClientCore, ClientOptions};
-    use mcrelay::config::Config;
-    use mcrelay::keys::ServerKey;
-    use mcrelay::relay::{Relay, Transmits};
+    use crate::session::key::ServerKey;
+    use crate::Config;
+    use crate::{ClientCore, ClientOptions};
+    use crate::{Relay, Transmits};
     use std::net::SocketAddr;
     use std::time::Instant;
 
@@ -474,7 +474,7 @@ fn tlv_seeds() -> Vec<(String, Vec<u8>)> {
     for d in out {
         pump(&mut relay, &mut clients, 0, d);
     }
-    seen.push(mcrelay::wire::reject_datagram(mcrelay::wire::RejectReason::BadCookie).to_vec());
+    seen.push(crate::wire::reject_datagram(crate::wire::RejectReason::BadCookie).to_vec());
     seen.sort();
     seen.dedup();
     // Keep one datagram per leading type (and length class) to stay small.

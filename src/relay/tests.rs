@@ -23,12 +23,13 @@ use rsa::sha2::Sha256;
 use rsa::PublicKey;
 
 use crate::client::{ClientCore, ClientEvent, ClientOptions};
-use crate::config::Config;
-use crate::fragment::{self, DropReason, ReassemblyLimits};
-use crate::keys::ServerKey;
+use crate::reassembly::{DropReason, ReassemblyLimits};
+use crate::relay::config::Config;
+use crate::relay::stats::{Refusal, Stats};
 use crate::relay::{Event, Relay, Transmits};
-use crate::stats::{Refusal, Stats};
-use crate::tlv::{self, Reader};
+use crate::session::key::ServerKey;
+use crate::wire::fragment;
+use crate::wire::tlv::{self, Reader};
 use crate::wire::{inner, outer, Inner, LeaveReason, RejectReason, MIN_HELLO_LEN};
 
 const MS: Duration = Duration::from_millis(1);

@@ -12,7 +12,7 @@ use mio::net::{UdpSocket, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::admin::{Action, Admin};
+use crate::net::admin::{Action, Admin};
 use crate::relay::{Relay, Transmits};
 
 const UDP: Token = Token(0);
@@ -269,7 +269,7 @@ impl Server {
         let mut errors = 0u64;
         // Batched (sendmmsg on Linux): the send syscall is most of a
         // delivery's cost, so one kernel entry per batch, not per datagram.
-        crate::batch::send_all(&self.udp, self.out.iter(), |dst, e| {
+        crate::net::batch::send_all(&self.udp, self.out.iter(), |dst, e| {
             // UDP is lossy by contract: a full socket buffer drops the
             // datagram rather than stalling the loop.
             errors += 1;
