@@ -193,7 +193,7 @@ impl Reassembler {
         }
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(test)]
     /// The limits this reassembler enforces.
     pub fn limits(&self) -> &ReassemblyLimits {
         &self.limits

@@ -84,7 +84,7 @@ impl ReplayWindow {
         true
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(test)]
     /// The highest SEQ recorded so far (0 before any).
     #[must_use]
     pub fn highest(&self) -> u64 {
