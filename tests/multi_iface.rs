@@ -118,7 +118,7 @@ fn one_relay_serves_two_networks_joined_with_two_ifaces() {
     let mut server = Server::spawn(cmd);
     assert!(
         server
-            .find_log("group 239.255.0.77 on 127.0.0.1, 192.0.2.1")
+            .find_log("group 239.255.0.77 and ff02::77 on 127.0.0.1, 192.0.2.1")
             .is_some(),
         "{}",
         server.log_text()
@@ -194,7 +194,9 @@ fn serve_with_no_flags_relays_on_the_defaults() {
     assert_eq!(server.port, 5007);
     assert_eq!(server.admin_port, Some(5008));
     assert!(
-        server.find_log("group 239.255.0.77 on 0.0.0.0").is_some(),
+        server
+            .find_log("group 239.255.0.77 and ff02::77 on any")
+            .is_some(),
         "{}",
         server.log_text()
     );

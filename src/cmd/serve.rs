@@ -9,7 +9,7 @@ use mcrelay::logring;
 use mcrelay::Config;
 use mcrelay::Relay;
 use mcrelay::ServerKey;
-use mcrelay::{open_udp, Listen, Server, Signals};
+use mcrelay::{open_udp, IfaceSpec, Listen, Server, Signals};
 use mcrelay::{Admin, AdminConfig};
 
 use super::{finish, many, opt, read_token_file};
@@ -20,13 +20,19 @@ mcrelay serve: run the relay
 USAGE:
     mcrelay serve [OPTIONS]
 
-With no options it relays on 239.255.0.77:5007 with a fresh in-memory key.
+With no options it relays on port 5007 over IPv4 and IPv6, joined to
+239.255.0.77 and ff02::77, with a fresh in-memory key.
 
 NETWORK:
-    --group ADDR                 multicast group to join [default: 239.255.0.77]
-    --port PORT                  UDP port (0 picks a free one) [default: 5007]
-    --iface ADDR                 interface address to join the group on; repeat to
-                                 serve several networks [default: 0.0.0.0, the kernel's choice]
+    --group ADDR                 multicast group to join, once per family; with a group of
+                                 one family only, only that family's group is joined
+                                 (unicast still works for both) [default: 239.255.0.77 and ff02::77]
+    --port PORT                  UDP port, both families (0 picks a free one) [default: 5007]
+    --iface NAME|ADDR            interface to join the groups on, by name (eth0, br-lan) or
+                                 by one of its addresses; repeat to serve several networks.
+                                 A named interface that is missing or down is joined when it
+                                 comes up, and rejoined when it comes back
+                                 [default: 0.0.0.0, the kernel's choice]
     --recv-buffer BYTES          SO_RCVBUF, room for bursts; the kernel caps it at
                                  net.core.rmem_max [default: 1048576]
     --max-datagram BYTES         larger datagrams are sent as fragments [default: 1200]
@@ -71,14 +77,24 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     }
     let defaults = Config::default();
     let mut listen = Listen::default();
-    if let Some(g) = opt::<Ipv4Addr>(&mut args, "--group")? {
+    let groups: Vec<IpAddr> = many(&mut args, "--group")?;
+    if !groups.is_empty() {
+        (listen.group_v4, listen.group_v6) = (None, None);
+    }
+    for g in groups {
         if !g.is_multicast() {
             return Err(format!("--group {g} is not a multicast address"));
         }
-        listen.group = g;
+        let clash = match g {
+            IpAddr::V4(g) => listen.group_v4.replace(g).is_some(),
+            IpAddr::V6(g) => listen.group_v6.replace(g).is_some(),
+        };
+        if clash {
+            return Err(format!("--group {g}: at most one group per address family"));
+        }
     }
     listen.port = opt(&mut args, "--port")?.unwrap_or(listen.port);
-    let ifaces: Vec<Ipv4Addr> = many(&mut args, "--iface")?;
+    let ifaces: Vec<IfaceSpec> = many(&mut args, "--iface")?;
     if !ifaces.is_empty() {
         listen.ifaces = ifaces;
     }
@@ -175,7 +191,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         Some(admin)
     };
     let relay = Relay::new(config, key, Instant::now());
-    let mut server = Server::new(udp, relay, signals, admin)
+    let mut server = Server::new(udp, &listen, relay, signals, admin)
         .map_err(|e| format!("cannot start the event loop: {e}"))?;
     server.on_reload(Box::new(
         move |relay: &mut Relay, admin: Option<&mut Admin>| {
@@ -187,12 +203,26 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
             )
         },
     ));
-    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let addrs = server.local_addrs().map_err(|e| e.to_string())?;
+    let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let groups: Vec<String> = [
+        listen.group_v4.map(IpAddr::V4),
+        listen.group_v6.map(IpAddr::V6),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|g| g.to_string())
+    .collect();
     let ifaces: Vec<String> = listen.ifaces.iter().map(|i| i.to_string()).collect();
     info!(
-        "mcrelay {} listening on udp {addr}, group {} on {}",
+        "mcrelay {} listening on udp {}, group {} on {}",
         env!("CARGO_PKG_VERSION"),
-        listen.group,
+        addrs.join(" and "),
+        if groups.is_empty() {
+            "none".to_string()
+        } else {
+            groups.join(" and ")
+        },
         ifaces.join(", ")
     );
     info!("server key fingerprint (sha256) {fingerprint}");

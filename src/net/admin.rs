@@ -36,6 +36,7 @@ kick ID            remove client ID (ip:port); the others are told it was kicked
 log LEVEL|off      live log level of this session: error, warn, info, debug, trace or off
 log tail N         the last N lines of the log ring
 fingerprint        SHA-256 fingerprint of the server key
+ifaces             each served interface: per family joined, waiting, error or n/a
 version            the server's version
 shutdown           tell every client the server is closing, then exit
 quit               close this session
@@ -100,6 +101,8 @@ pub struct Admin {
     config: AdminConfig,
     lines_dropped: u64,
     sessions_total: u64,
+    /// The interfaces' membership states, as the loop last saw them.
+    ifaces: Vec<String>,
 }
 
 impl Admin {
@@ -114,6 +117,7 @@ impl Admin {
             config,
             lines_dropped: 0,
             sessions_total: 0,
+            ifaces: Vec::new(),
         })
     }
 
@@ -147,6 +151,12 @@ impl Admin {
     /// True if `token` belongs to the admin channel.
     pub fn owns(&self, token: Token) -> bool {
         token == self.listener_token || token.0 >= self.first_session
+    }
+
+    /// Replaces what the `ifaces` command shows (the loop calls this after
+    /// every interface check).
+    pub fn set_ifaces(&mut self, lines: Vec<String>) {
+        self.ifaces = lines;
     }
 
     /// Handles readiness of the listener or a session.
@@ -350,6 +360,12 @@ impl Admin {
             return Action::None;
         }
         match (cmd, arg) {
+            ("ifaces", "") => {
+                for line in &self.ifaces {
+                    s.reply(line);
+                }
+                s.reply("OK");
+            }
             ("help", "") => {
                 s.reply(HELP);
                 s.reply("OK");

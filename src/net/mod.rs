@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod batch;
+pub mod iface;
 pub mod keyfile;
 pub mod logring;
 pub mod server;
+pub mod socket;

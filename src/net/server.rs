@@ -1,21 +1,25 @@
-//! The IO shell: one `mio::Poll` loop that owns the UDP socket and the
-//! signal pipes, feeds datagrams and timer ticks to the sans-IO [`Relay`]
-//! and sends what it returns. It holds no protocol logic of its own.
+//! The IO shell: one `mio::Poll` loop that owns the UDP sockets (one per
+//! family), the admin channel and the signal pipes, feeds datagrams and
+//! timer ticks to the sans-IO [`Relay`] and sends what it returns. It holds
+//! no protocol logic of its own. It also keeps the multicast memberships in
+//! step with the interfaces (`net::iface`), looking again every
+//! `iface::RECHECK`.
 
 use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
+use crate::net::admin::{Action, Admin};
+use crate::net::iface::{self, Memberships};
+use crate::net::socket::{Listen, SocketJoiner, UdpSockets};
+use crate::relay::{Relay, Transmits};
 use log::{info, warn};
 use mio::net::{UdpSocket, UnixStream};
 use mio::{Events, Interest, Poll, Token};
-use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::net::admin::{Action, Admin};
-use crate::relay::{Relay, Transmits};
-
-const UDP: Token = Token(0);
+const UDP4: Token = Token(0);
+const UDP6: Token = Token(4);
 const SIG_STOP: Token = Token(1);
 const SIG_HUP: Token = Token(2);
 const ADMIN_LISTENER: Token = Token(3);
@@ -24,57 +28,6 @@ const ADMIN_SESSIONS: usize = 16;
 
 /// Datagrams read per wakeup before timers and other sockets get a turn.
 const RECV_BUDGET: usize = 256;
-
-/// Where and how the server listens.
-#[derive(Clone, Debug)]
-pub struct Listen {
-    /// UDP port (0 picks a free one, for tests).
-    pub port: u16,
-    /// Multicast group to join.
-    pub group: Ipv4Addr,
-    /// Interfaces to join the group on (0.0.0.0: the kernel's choice).
-    pub ifaces: Vec<Ipv4Addr>,
-    /// SO_RCVBUF, if set.
-    pub recv_buffer: Option<usize>,
-}
-
-impl Default for Listen {
-    fn default() -> Self {
-        Listen {
-            port: 5007,
-            group: Ipv4Addr::new(239, 255, 0, 77),
-            ifaces: vec![Ipv4Addr::UNSPECIFIED],
-            recv_buffer: None,
-        }
-    }
-}
-
-/// Opens the relay's UDP socket: 0.0.0.0:port, SO_REUSEADDR, group joined
-/// on every interface. Errors name what failed.
-pub fn open_udp(listen: &Listen) -> Result<std::net::UdpSocket, String> {
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|e| format!("cannot create UDP socket: {e}"))?;
-    sock.set_reuse_address(true)
-        .map_err(|e| format!("cannot set SO_REUSEADDR: {e}"))?;
-    if let Some(size) = listen.recv_buffer {
-        sock.set_recv_buffer_size(size)
-            .map_err(|e| format!("cannot set SO_RCVBUF to {size}: {e}"))?;
-    }
-    let addr = SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, listen.port));
-    sock.bind(&addr.into())
-        .map_err(|e| format!("cannot bind UDP port {}: {e}", listen.port))?;
-    for iface in &listen.ifaces {
-        sock.join_multicast_v4(&listen.group, iface).map_err(|e| {
-            format!(
-                "cannot join group {} on interface {iface}: {e}",
-                listen.group
-            )
-        })?;
-    }
-    sock.set_nonblocking(true)
-        .map_err(|e| format!("cannot make the UDP socket non-blocking: {e}"))?;
-    Ok(sock.into())
-}
 
 /// What a signal asked for.
 pub struct Signals {
@@ -112,7 +65,10 @@ pub type Reload = Box<dyn FnMut(&mut Relay, Option<&mut Admin>)>;
 /// The relay on its sockets.
 pub struct Server {
     poll: Poll,
-    udp: UdpSocket,
+    udp4: Option<UdpSocket>,
+    udp6: Option<UdpSocket>,
+    memberships: Memberships,
+    recheck_at: Instant,
     signals: Signals,
     relay: Relay,
     admin: Option<Admin>,
@@ -122,18 +78,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Wraps an opened socket and a relay core.
+    /// Wraps the opened sockets and a relay core; `listen` says which
+    /// groups to keep joined on which interfaces (joined on the first turn).
     pub fn new(
-        udp: std::net::UdpSocket,
+        udp: UdpSockets,
+        listen: &Listen,
         relay: Relay,
         signals: Signals,
         admin: Option<Admin>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let mut udp = UdpSocket::from_std(udp);
+        let mut udp4 = udp.v4.map(UdpSocket::from_std);
+        let mut udp6 = udp.v6.map(UdpSocket::from_std);
         let mut signals = signals;
-        poll.registry()
-            .register(&mut udp, UDP, Interest::READABLE)?;
+        for (sock, token) in [(&mut udp4, UDP4), (&mut udp6, UDP6)] {
+            if let Some(sock) = sock {
+                poll.registry().register(sock, token, Interest::READABLE)?;
+            }
+        }
         poll.registry()
             .register(&mut signals.stop, SIG_STOP, Interest::READABLE)?;
         poll.registry()
@@ -144,7 +106,10 @@ impl Server {
         }
         Ok(Server {
             poll,
-            udp,
+            udp4,
+            udp6,
+            memberships: Memberships::new(listen.group_v4, listen.group_v6, &listen.ifaces),
+            recheck_at: Instant::now(),
             signals,
             relay,
             admin,
@@ -159,21 +124,60 @@ impl Server {
         self.reload = Some(reload);
     }
 
-    /// The bound UDP address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.udp.local_addr()
+    /// The bound UDP addresses (IPv4 first).
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        [&self.udp4, &self.udp6]
+            .into_iter()
+            .flatten()
+            .map(|s| s.local_addr())
+            .collect()
+    }
+
+    /// Joins what the interfaces now allow and leaves what they no longer
+    /// do; logs each change. Called at start and every `iface::RECHECK`.
+    fn recheck_ifaces(&mut self, now: Instant) {
+        self.recheck_at = now + iface::RECHECK;
+        let snapshot = match iface::snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot list interfaces: {e}");
+                return;
+            }
+        };
+        let mut joiner = SocketJoiner {
+            v4: self.udp4.as_ref(),
+            v6: self.udp6.as_ref(),
+        };
+        for change in self.memberships.reconcile(&snapshot, &mut joiner) {
+            match change {
+                iface::Change::Failed(..) | iface::Change::Waiting(..) => warn!("{change}"),
+                _ => info!("{change}"),
+            }
+        }
+        if let Some(admin) = self.admin.as_mut() {
+            admin.set_ifaces(self.memberships.describe());
+        }
     }
 
     /// Runs until SIGINT or SIGTERM, then tells every client the server is
     /// closing.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(64);
+        self.recheck_ifaces(Instant::now());
         loop {
             let now = Instant::now();
-            let timeout = self.relay.poll_timeout().map(|t| {
-                t.saturating_duration_since(now)
-                    .max(Duration::from_millis(1))
-            });
+            if now >= self.recheck_at {
+                self.recheck_ifaces(now);
+            }
+            let deadline = match self.relay.poll_timeout() {
+                Some(t) => t.min(self.recheck_at),
+                None => self.recheck_at,
+            };
+            let timeout = Some(
+                deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            );
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -182,7 +186,7 @@ impl Server {
             let mut stop = false;
             for ev in events.iter() {
                 match ev.token() {
-                    UDP => self.read_udp(),
+                    UDP4 | UDP6 => self.read_udp(ev.token()),
                     SIG_STOP => {
                         drain(&mut self.signals.stop);
                         info!("signal received");
@@ -215,6 +219,11 @@ impl Server {
                 info!("shutting down");
                 self.relay.shutdown(&mut self.out);
                 self.send_all();
+                let mut joiner = SocketJoiner {
+                    v4: self.udp4.as_ref(),
+                    v6: self.udp6.as_ref(),
+                };
+                self.memberships.leave_all(&mut joiner);
                 if let Some(admin) = self.admin.as_mut() {
                     admin.flush(self.poll.registry());
                     admin.farewell(self.poll.registry(), "server shutting down");
@@ -227,9 +236,17 @@ impl Server {
         }
     }
 
-    fn read_udp(&mut self) {
+    fn read_udp(&mut self, token: Token) {
         for _ in 0..RECV_BUDGET {
-            match self.udp.recv_from(&mut self.buf) {
+            let sock = if token == UDP4 {
+                &self.udp4
+            } else {
+                &self.udp6
+            };
+            let Some(sock) = sock else {
+                return;
+            };
+            match sock.recv_from(&mut self.buf) {
                 Ok((n, src)) => {
                     self.relay
                         .handle_datagram(Instant::now(), src, &self.buf[..n], &mut self.out);
@@ -248,17 +265,24 @@ impl Server {
         // Budget spent with data still queued: mio is edge-triggered, so
         // the next poll must not wait.
         self.send_all();
-        self.read_udp_again_soon();
+        self.read_udp_again_soon(token);
     }
 
-    fn read_udp_again_soon(&mut self) {
+    fn read_udp_again_soon(&mut self, token: Token) {
+        let sock = if token == UDP4 {
+            self.udp4.as_mut()
+        } else {
+            self.udp6.as_mut()
+        };
         // Re-registering re-arms the edge so the remaining datagrams wake us.
-        if let Err(e) = self
-            .poll
-            .registry()
-            .reregister(&mut self.udp, UDP, Interest::READABLE)
-        {
-            warn!("udp reregister: {e}");
+        if let Some(sock) = sock {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(sock, token, Interest::READABLE)
+            {
+                warn!("udp reregister: {e}");
+            }
         }
     }
 
@@ -269,12 +293,20 @@ impl Server {
         let mut errors = 0u64;
         // Batched (sendmmsg on Linux): the send syscall is most of a
         // delivery's cost, so one kernel entry per batch, not per datagram.
-        crate::net::batch::send_all(&self.udp, self.out.iter(), |dst, e| {
-            // UDP is lossy by contract: a full socket buffer drops the
-            // datagram rather than stalling the loop.
-            errors += 1;
-            log::debug!("udp send to {dst}: {e}");
-        });
+        // Each family goes out of its own socket.
+        for (sock, v4) in [(&self.udp4, true), (&self.udp6, false)] {
+            let mine = self.out.iter().filter(|(dst, _)| dst.is_ipv4() == v4);
+            let Some(sock) = sock else {
+                errors += mine.count() as u64;
+                continue;
+            };
+            crate::net::batch::send_all(sock, mine, |dst, e| {
+                // UDP is lossy by contract: a full socket buffer drops the
+                // datagram rather than stalling the loop.
+                errors += 1;
+                log::debug!("udp send to {dst}: {e}");
+            });
+        }
         self.relay.stats_mut().send_errors += errors;
         self.out.clear();
     }
