@@ -31,12 +31,15 @@ use rsa::sha2::Sha256;
 /// A documentation address (RFC 5737) used as the example client.
 const ALICE: ([u8; 4], u16) = ([192, 0, 2, 10], 40000);
 
+/// The wall clock the cores are started with: 2023-11-14T22:13:20Z.
+const UNIX: u64 = 1_700_000_000;
+
 fn main() {
     let alice = SocketAddr::from(ALICE);
     let alice_id = alice.to_string(); // exactly how the server forms client ids
 
     section("1. HELLO datagram (ClientCore::hello)");
-    let mut client = ClientCore::new(ClientOptions::default());
+    let mut client = ClientCore::new(ClientOptions::default(), Instant::now(), UNIX, [1; 32]);
     let hello = client.hello();
     println!("length {} bytes; first 16:", hello.len());
     dump(&hello[..16]);
@@ -116,7 +119,7 @@ fn main() {
 fn handshake(mut client: ClientCore, addr: SocketAddr) -> ClientCore {
     let now = Instant::now();
     let key = ServerKey::generate().expect("RSA key generation");
-    let mut server = Relay::new(Config::default(), key, now);
+    let mut server = Relay::new(Config::default(), key, now, UNIX, [2; 32]);
     let mut tx = Transmits::new();
     let mut out = Vec::new();
     let mut events = Vec::new();

@@ -42,6 +42,7 @@ pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};
 pub use relay::config::Config;
 pub use relay::stats::Stats;
 pub use relay::{ClientInfo, Event, Relay, Transmits};
+pub use session::fernet;
 pub use session::key::{fingerprint, hex, ServerKey};
 
 /// The client library: a session with the relay on its own UDP socket.

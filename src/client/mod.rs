@@ -1,19 +1,24 @@
 //! The client side of protocol v1, sans-IO: [`ClientCore`] turns the
 //! server's datagrams into [`ClientEvent`]s and user actions into datagrams
 //! for the server. [`crate::client::udp::UdpClient`] puts it on a socket.
+//!
+//! Like the relay core it draws no OS randomness and reads no clock: the
+//! caller seeds its generator (session keys, RSA-OAEP padding, Fernet IVs,
+//! message ids) and gives the Unix time once, at [`ClientCore::new`].
 
 pub mod udp;
 
 use std::time::Instant;
 
-use fernet::Fernet;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::sha2::Sha256;
 use rsa::PublicKey;
 
 use crate::reassembly::{Outcome, Reassembler, ReassemblyLimits};
-use crate::session::key;
-use crate::session::{Direction, Session};
+use crate::session::{fernet, key};
+use crate::session::{Direction, Session, UnixClock};
 use crate::wire::fragment;
 use crate::wire::tlv::{self, Reader};
 use crate::wire::{
@@ -115,19 +120,29 @@ pub struct ClientCore {
     reassembler: Reassembler,
     next_msg_id: u32,
     scratch: Vec<u8>,
+    /// Seeded by the caller: every random value the client uses.
+    rng: StdRng,
+    /// Fernet timestamps; advanced by the `now` of each datagram handled.
+    clock: UnixClock,
     /// Datagrams dropped as malformed, unauthentic or replayed.
     pub dropped: u64,
 }
 
 impl ClientCore {
-    /// A client that has not started its handshake.
-    pub fn new(opts: ClientOptions) -> Self {
+    /// A client that has not started its handshake, created at `now` when
+    /// the wall clock reads `unix_secs`. `rng_seed` seeds every random value
+    /// the client uses: the shell passes 32 bytes from the OS generator,
+    /// tests a fixed value.
+    pub fn new(opts: ClientOptions, now: Instant, unix_secs: u64, rng_seed: [u8; 32]) -> Self {
+        let mut rng = StdRng::from_seed(rng_seed);
         ClientCore {
             opts,
             state: State::Idle,
             reassembler: Reassembler::new(ReassemblyLimits::default()),
-            next_msg_id: rand::random(),
+            next_msg_id: rng.random(),
             scratch: Vec::new(),
+            rng,
+            clock: UnixClock::new(now, unix_secs),
             dropped: 0,
         }
     }
@@ -177,7 +192,8 @@ impl ClientCore {
         let State::Established { session, .. } = &mut self.state else {
             return false;
         };
-        let token = session.seal(&mut self.scratch, |p| {
+        let (unix_secs, iv) = (self.clock.unix_secs(), self.rng.random());
+        let token = session.seal(unix_secs, iv, &mut self.scratch, |p| {
             if let Some(b) = body {
                 tlv::put(p, inner::BODY, b);
             }
@@ -206,6 +222,7 @@ impl ClientCore {
         out: &mut Vec<Vec<u8>>,
         events: &mut Vec<ClientEvent>,
     ) -> Result<(), ClientError> {
+        self.clock.advance(now);
         self.handle_payload(now, data, false, out, events)
     }
 
@@ -284,10 +301,10 @@ impl ClientCore {
                 });
             }
         }
-        let key = Fernet::generate_key();
+        let key = fernet::encode_key(&self.rng.random());
         let mut plain = key.clone().into_bytes();
         plain.extend_from_slice(self.opts.access_token.as_deref().unwrap_or_default());
-        let Ok(ct) = public.oaep_encrypt::<Sha256>(&plain) else {
+        let Ok(ct) = public.oaep_encrypt_with_rng::<Sha256, _>(&mut self.rng, &plain) else {
             self.dropped += 1;
             return Ok(());
         };

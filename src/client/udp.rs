@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -153,7 +153,8 @@ impl UdpClient {
             target,
             dest,
             server,
-            core: ClientCore::new(opts),
+            // The shell's part of a sans-IO core: the OS's entropy and clock.
+            core: ClientCore::new(opts, Instant::now(), unix_now(), rand::random()),
             out: Vec::new(),
             events: VecDeque::new(),
             scratch_events: Vec::new(),
@@ -433,4 +434,11 @@ fn is_handshake_event(e: &ClientEvent) -> bool {
         e,
         ClientEvent::Welcome { .. } | ClientEvent::Rejected(_) | ClientEvent::ServerKey { .. }
     )
+}
+
+/// The system clock's Unix seconds (0 if it reads before 1970).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

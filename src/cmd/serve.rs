@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn, LevelFilter};
 use mcrelay::logring;
@@ -190,7 +190,11 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         info!("admin listening on {addr}");
         Some(admin)
     };
-    let relay = Relay::new(config, key, Instant::now());
+    // The relay core reads no clock and no OS entropy: it gets both here.
+    let unix_now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let relay = Relay::new(config, key, Instant::now(), unix_now, rand::random());
     let mut server = Server::new(udp, &listen, relay, signals, admin)
         .map_err(|e| format!("cannot start the event loop: {e}"))?;
     server.on_reload(Box::new(

@@ -106,6 +106,7 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -114,7 +115,7 @@ mod tests {
     #[test]
     fn valid_for_60_to_120_seconds() {
         let t0 = Instant::now();
-        let mut rng = rand::rng();
+        let mut rng = rand::rngs::StdRng::from_seed([7; 32]);
         let mut jar = CookieJar::new(t0, &mut rng);
         let c = jar.issue(addr(1000));
         assert!(jar.check(addr(1000), &c));
@@ -128,7 +129,7 @@ mod tests {
     #[test]
     fn long_gap_replaces_both_secrets() {
         let t0 = Instant::now();
-        let mut rng = rand::rng();
+        let mut rng = rand::rngs::StdRng::from_seed([7; 32]);
         let mut jar = CookieJar::new(t0, &mut rng);
         let c = jar.issue(addr(7));
         jar.rotate(t0 + Duration::from_secs(600), &mut rng);
@@ -138,7 +139,7 @@ mod tests {
 
     #[test]
     fn wrong_length_refused() {
-        let jar = CookieJar::new(Instant::now(), &mut rand::rng());
+        let jar = CookieJar::new(Instant::now(), &mut rand::rngs::StdRng::from_seed([8; 32]));
         assert!(!jar.check(addr(1), &[]));
         assert!(!jar.check(addr(1), &[0; 17]));
     }

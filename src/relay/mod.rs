@@ -1,10 +1,14 @@
 //! The sans-IO relay core.
 //!
 //! [`Relay`] owns the client table, the handshake state and the timers, but
-//! no socket and no clock: the caller passes `now`, the source address and
-//! the datagram, and gets back the datagrams to send in a [`Transmits`].
-//! The same inputs give the same decisions, which is what lets unit tests
-//! and fuzzers drive it with a fake clock.
+//! no socket, no clock and no OS randomness: the caller passes `now`, the
+//! source address and the datagram, and gets back the datagrams to send in
+//! a [`Transmits`]. Randomness (cookie secrets, message ids, Fernet IVs,
+//! RSA blinding) comes from a generator seeded by the caller at
+//! [`Relay::new`], and wall time (Fernet timestamps) from the Unix time the
+//! caller gave there plus the `now`s since. The same seed and inputs give
+//! the same datagrams, byte for byte, which is what lets unit tests and
+//! fuzzers drive it with a fake clock and replay a failure exactly.
 
 pub mod config;
 pub mod cookie;
@@ -17,6 +21,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use slab::Slab;
 
 use crate::ratelimit::{KeyedLimiter, TokenBucket};
@@ -24,7 +30,7 @@ use crate::reassembly::{DropReason as ReassemblyDrop, Outcome, Reassembler};
 use crate::relay::config::Config;
 use crate::relay::stats::{Refusal, Stats};
 use crate::session::key::ServerKey;
-use crate::session::{Direction, OpenError, Session};
+use crate::session::{Direction, OpenError, Session, UnixClock};
 use crate::timer::TimerWheel;
 use crate::wire::fragment;
 use crate::wire::tlv::{self, Reader};
@@ -271,6 +277,10 @@ pub struct Relay {
     events: Vec<Event>,
     stats: Stats,
     started: Instant,
+    /// Seeded by the caller: every random value the relay uses.
+    rng: StdRng,
+    /// Fernet timestamps.
+    clock: UnixClock,
 }
 
 /// Logs a dropped input at debug level, within the drop-log budget.
@@ -283,9 +293,18 @@ macro_rules! drop_debug {
 }
 
 impl Relay {
-    /// Creates a relay that starts at `now`.
-    pub fn new(config: Config, key: ServerKey, now: Instant) -> Self {
-        let mut rng = rand::rng();
+    /// Creates a relay that starts at `now`, when the wall clock reads
+    /// `unix_secs`. `rng_seed` seeds every random value the relay uses
+    /// (cookie secrets, message ids, Fernet IVs, RSA blinding): the shell
+    /// passes 32 bytes from the OS generator, tests a fixed value.
+    pub fn new(
+        config: Config,
+        key: ServerKey,
+        now: Instant,
+        unix_secs: u64,
+        rng_seed: [u8; 32],
+    ) -> Self {
+        let mut rng = StdRng::from_seed(rng_seed);
         Relay {
             cookies: CookieJar::new(now, &mut rng),
             seen_session_keys: SeenSessionKeys {
@@ -319,7 +338,7 @@ impl Relay {
             drop_log: TokenBucket::new(DROP_LOG_RATE, DROP_LOG_RATE, now),
             emitter: Emitter {
                 max_datagram: config.max_datagram,
-                next_msg_id: rand::random(),
+                next_msg_id: rng.random(),
                 datagram: Vec::with_capacity(2048),
                 plain: Vec::with_capacity(2048),
             },
@@ -327,6 +346,8 @@ impl Relay {
             events: Vec::new(),
             stats: Stats::default(),
             started: now,
+            rng,
+            clock: UnixClock::new(now, unix_secs),
             config,
             key,
         }
@@ -397,6 +418,7 @@ impl Relay {
 
     /// Runs the timers due at `now`. Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Transmits) {
+        self.clock.advance(now);
         self.rotate_cookies(now);
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.expire(now, &mut fired);
@@ -449,7 +471,7 @@ impl Relay {
     /// datagram, so the common case is one comparison and no RNG handle.
     fn rotate_cookies(&mut self, now: Instant) {
         if now >= self.cookies.next_rotation() {
-            self.cookies.rotate(now, &mut rand::rng());
+            self.cookies.rotate(now, &mut self.rng);
         }
     }
 
@@ -463,6 +485,7 @@ impl Relay {
     ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
+        self.clock.advance(now);
         self.rotate_cookies(now);
         self.handle_payload(now, src, data, false, out);
     }
@@ -613,7 +636,7 @@ impl Relay {
         if !self.rsa_budget.try_take(now) {
             return self.refuse(now, src, Refusal::RsaBudget, None, out);
         }
-        let Some(plain) = self.key.decrypt(ciphertext) else {
+        let Some(plain) = self.key.decrypt(&mut self.rng, ciphertext) else {
             return self.refuse(
                 now,
                 src,
@@ -686,9 +709,10 @@ impl Relay {
         self.stats.handshakes_completed += 1;
         let c = &mut self.clients[slot];
         let Emitter { plain, .. } = &mut self.emitter;
-        let token = c
-            .session
-            .seal(plain, |p| tlv::put(p, inner::CLIENT_ID, c.id.as_bytes()));
+        let (unix_secs, iv) = (self.clock.unix_secs(), self.rng.random());
+        let token = c.session.seal(unix_secs, iv, plain, |p| {
+            tlv::put(p, inner::CLIENT_ID, c.id.as_bytes())
+        });
         let id = c.id.clone();
         if let Some(n) = self
             .emitter
@@ -801,6 +825,8 @@ impl Relay {
             emitter,
             tail,
             stats,
+            rng,
+            clock,
             ..
         } = self;
         for (slot, c) in clients.iter_mut() {
@@ -809,7 +835,9 @@ impl Relay {
             }
             let token = c
                 .session
-                .seal(&mut emitter.plain, |p| p.extend_from_slice(tail));
+                .seal(clock.unix_secs(), rng.random(), &mut emitter.plain, |p| {
+                    p.extend_from_slice(tail)
+                });
             if let Some(bytes) = emitter.token(c.addr, kind, &token, out, stats) {
                 c.msgs_out += 1;
                 c.bytes_out += bytes as u64;

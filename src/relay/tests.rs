@@ -32,6 +32,19 @@ use crate::wire::fragment;
 use crate::wire::tlv::{self, Reader};
 use crate::wire::{inner, outer, Inner, LeaveReason, RejectReason, MIN_HELLO_LEN};
 
+/// The wall clock the relay and the clients are started with (any value
+/// works: no Fernet timestamp is checked).
+const UNIX_START: u64 = 1_700_000_000;
+/// Seeds of the cores' generators: fixed, so a failing test replays byte for byte.
+const RELAY_SEED: [u8; 32] = [0x5e; 32];
+
+/// The seed of the `i`-th client core of a test.
+fn client_seed(i: usize) -> [u8; 32] {
+    let mut seed = [0xc1; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    seed
+}
+
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
@@ -64,7 +77,7 @@ impl Net {
         static KEY: OnceLock<ServerKey> = OnceLock::new();
         let key = KEY.get_or_init(|| ServerKey::generate().expect("key generation"));
         Net {
-            relay: Relay::new(config, key.clone(), start),
+            relay: Relay::new(config, key.clone(), start, UNIX_START, RELAY_SEED),
             start,
             now: start,
             peers: Vec::new(),
@@ -88,7 +101,12 @@ impl Net {
     fn add_at(&mut self, addr: SocketAddr, opts: ClientOptions) -> usize {
         self.peers.push(Peer {
             addr,
-            core: ClientCore::new(opts),
+            core: ClientCore::new(
+                opts,
+                self.now,
+                UNIX_START + (self.now - self.start).as_secs(),
+                client_seed(self.peers.len()),
+            ),
             events: Vec::new(),
         });
         self.peers.len() - 1
@@ -226,7 +244,8 @@ impl Net {
     /// Sends a HELLO from `src`; returns the SERVER_KEY DER and the COOKIE.
     fn hello_from(&mut self, src: SocketAddr) -> (Vec<u8>, Vec<u8>) {
         self.take_stray(src);
-        let hello = ClientCore::new(ClientOptions::default()).hello();
+        let hello =
+            ClientCore::new(ClientOptions::default(), self.now, UNIX_START, [0; 32]).hello();
         self.deliver(src, &hello);
         let replies = self.take_stray(src);
         assert_eq!(replies.len(), 1, "one SERVER_KEY+COOKIE reply");

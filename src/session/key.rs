@@ -78,9 +78,12 @@ impl ServerKey {
         fingerprint(&self.public_der)
     }
 
-    /// RSA-OAEP (SHA-256, MGF1-SHA-256, empty label) decryption, blinded.
-    pub fn decrypt(&self, ciphertext: &[u8]) -> Option<Vec<u8>> {
-        self.private.decrypt(Oaep::<Sha256>::new(), ciphertext).ok()
+    /// RSA-OAEP (SHA-256, MGF1-SHA-256, empty label) decryption, blinded
+    /// with values from `rng` (the core's seeded CSPRNG, not the OS's).
+    pub fn decrypt(&self, rng: &mut impl rand::CryptoRng, ciphertext: &[u8]) -> Option<Vec<u8>> {
+        self.private
+            .decrypt_blinded(rng, Oaep::<Sha256>::new(), ciphertext)
+            .ok()
     }
 }
 
@@ -106,14 +109,19 @@ mod tests {
     use rsa::pkcs8::DecodePublicKey;
     use rsa::PublicKey;
 
+    use rand::SeedableRng;
+
     #[test]
     fn oaep_round_trip_and_der_parses() {
         let k = ServerKey::generate().unwrap();
+        let mut rng = rand::rngs::StdRng::from_seed([3; 32]);
         let public = PublicKey::from_public_key_der(k.public_der()).unwrap();
-        let ct = public.oaep_encrypt::<Sha256>(b"secret").unwrap();
-        assert_eq!(k.decrypt(&ct).as_deref(), Some(&b"secret"[..]));
-        assert_eq!(k.decrypt(&[0u8; 256]), None);
-        assert_eq!(k.decrypt(b"short"), None);
+        let ct = public
+            .oaep_encrypt_with_rng::<Sha256, _>(&mut rng, b"secret")
+            .unwrap();
+        assert_eq!(k.decrypt(&mut rng, &ct).as_deref(), Some(&b"secret"[..]));
+        assert_eq!(k.decrypt(&mut rng, &[0u8; 256]), None);
+        assert_eq!(k.decrypt(&mut rng, b"short"), None);
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! One end of an established session: the Fernet key, the next SEQ to send
 //! and the anti-replay window for SEQs received. Both the server (one per
-//! client) and the client use it.
+//! client) and the client use it. Also the cores' wall clock for the
+//! Fernet timestamps they write ([`UnixClock`]).
 
+pub mod fernet;
 pub mod key;
 pub mod replay;
 
-use fernet::Fernet;
+use std::time::Instant;
+
+use crate::session::fernet::FernetKey;
 
 use crate::session::replay::ReplayWindow;
 use crate::wire::{self, Inner, InnerError};
@@ -36,9 +40,47 @@ pub enum Direction {
     ToClient,
 }
 
+/// Wall-clock seconds for the Fernet timestamps a sans-IO core writes,
+/// without a wall clock per call: the shell reads the system clock once,
+/// when the core starts, and the core adds the monotonic time elapsed
+/// since, as of the latest `now` it was given (calls without a `now`, such
+/// as a kick or a client's send, stamp the time of the latest input).
+///
+/// The Fernet timestamp is informational: no receiver of ours checks it
+/// (protocol v2 §7), so a wrong or drifting clock costs nothing; freshness
+/// comes from the SEQ window.
+#[derive(Clone, Copy, Debug)]
+pub struct UnixClock {
+    anchor: Instant,
+    anchor_unix: u64,
+    latest: Instant,
+}
+
+impl UnixClock {
+    /// A clock that reads `unix_secs` at `now`.
+    pub fn new(now: Instant, unix_secs: u64) -> Self {
+        UnixClock {
+            anchor: now,
+            anchor_unix: unix_secs,
+            latest: now,
+        }
+    }
+
+    /// Moves the clock to `now` (never backwards).
+    pub fn advance(&mut self, now: Instant) {
+        self.latest = self.latest.max(now);
+    }
+
+    /// Seconds since the Unix epoch as of the latest `now`.
+    pub fn unix_secs(&self) -> u64 {
+        let elapsed = self.latest.saturating_duration_since(self.anchor);
+        self.anchor_unix.saturating_add(elapsed.as_secs())
+    }
+}
+
 /// Symmetric state of one session.
 pub struct Session {
-    fernet: Fernet,
+    key: FernetKey,
     next_seq: u64,
     window: ReplayWindow,
 }
@@ -48,31 +90,38 @@ impl Session {
     /// if the key does not decode to 32 bytes.
     pub fn new(key_b64: &str) -> Option<Self> {
         Some(Session {
-            fernet: Fernet::new(key_b64)?,
+            key: FernetKey::from_base64(key_b64)?,
             next_seq: 1,
             window: ReplayWindow::new(),
         })
     }
 
     /// Encrypts a plaintext that starts with the next SEQ and continues with
-    /// whatever `fill` appends. `scratch` is the caller's reusable buffer.
-    pub fn seal(&mut self, scratch: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) -> String {
+    /// whatever `fill` appends, into a text token stamped `unix_secs` and
+    /// encrypted under `iv` (from the caller's CSPRNG). `scratch` is the
+    /// caller's reusable buffer; the returned text is the only allocation.
+    pub fn seal(
+        &mut self,
+        unix_secs: u64,
+        iv: [u8; 16],
+        scratch: &mut Vec<u8>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> String {
         scratch.clear();
         wire::put_seq(scratch, self.next_seq);
         self.next_seq = self.next_seq.saturating_add(1);
         fill(scratch);
-        self.fernet.encrypt(scratch)
+        self.key.seal_in_place(unix_secs, iv, scratch);
+        fernet::to_text(scratch)
     }
 
-    /// Authenticates and decrypts a token travelling `dir`, checks the inner
-    /// rules, the direction and the SEQ window, and records the SEQ. Returns
-    /// the plaintext; it is known to parse with [`Inner::parse`].
+    /// Authenticates and decrypts a token (raw or text) travelling `dir`,
+    /// checks the inner rules, the direction and the SEQ window, and
+    /// records the SEQ. Returns the plaintext; it is known to parse with
+    /// [`Inner::parse`]. The token's timestamp is not looked at: the SEQ
+    /// window is what refuses old tokens.
     pub fn open(&mut self, token: &[u8], dir: Direction) -> Result<Vec<u8>, OpenError> {
-        let token = std::str::from_utf8(token).map_err(|_| OpenError::BadToken)?;
-        let plain = self
-            .fernet
-            .decrypt(token)
-            .map_err(|_| OpenError::BadToken)?;
+        let plain = self.key.open(token).map_err(|_| OpenError::BadToken)?;
         let m = Inner::parse(&plain).map_err(OpenError::Malformed)?;
         let from_server = m.sender_id.is_some()
             || m.client_id.is_some()
@@ -105,16 +154,26 @@ mod tests {
     use super::*;
     use crate::wire::tlv;
 
-    fn pair() -> (Session, Session) {
-        let key = Fernet::generate_key();
+    /// Stamped on every test token: any value opens, the clock is never checked.
+    const T: u64 = 1_700_000_000;
+    const IV: [u8; 16] = [9; 16];
+
+    fn pair_with(key: u8) -> (Session, Session) {
+        let key = fernet::encode_key(&[key; 32]);
         (Session::new(&key).unwrap(), Session::new(&key).unwrap())
+    }
+
+    fn pair() -> (Session, Session) {
+        pair_with(1)
     }
 
     #[test]
     fn seal_then_open() {
         let (mut a, mut b) = pair();
         let mut scratch = Vec::new();
-        let tok = a.seal(&mut scratch, |p| tlv::put(p, wire::inner::BODY, b"hello"));
+        let tok = a.seal(T, IV, &mut scratch, |p| {
+            tlv::put(p, wire::inner::BODY, b"hello")
+        });
         let plain = b.open(tok.as_bytes(), Direction::ToServer).unwrap();
         let m = Inner::parse(&plain).unwrap();
         assert_eq!((m.seq, m.body), (1, Some(&b"hello"[..])));
@@ -125,9 +184,9 @@ mod tests {
     fn replay_refused() {
         let (mut a, mut b) = pair();
         let mut s = Vec::new();
-        let t1 = a.seal(&mut s, |_| {});
-        let t2 = a.seal(&mut s, |_| {});
-        let t3 = a.seal(&mut s, |_| {});
+        let t1 = a.seal(T, IV, &mut s, |_| {});
+        let t2 = a.seal(T, IV, &mut s, |_| {});
+        let t3 = a.seal(T, IV, &mut s, |_| {});
         assert!(b.open(t1.as_bytes(), Direction::ToServer).is_ok());
         assert!(b.open(t3.as_bytes(), Direction::ToServer).is_ok());
         assert!(
@@ -143,8 +202,8 @@ mod tests {
     #[test]
     fn wrong_key_and_garbage_refused() {
         let (mut a, _) = pair();
-        let (_, mut other) = pair();
-        let tok = a.seal(&mut Vec::new(), |_| {});
+        let (_, mut other) = pair_with(2);
+        let tok = a.seal(T, IV, &mut Vec::new(), |_| {});
         assert_eq!(
             other.open(tok.as_bytes(), Direction::ToServer),
             Err(OpenError::BadToken)
@@ -164,7 +223,7 @@ mod tests {
         let (mut client, mut server) = pair();
         let mut s = Vec::new();
         // The server's token carries a server-only field; sent back to it, it is refused.
-        let relayed = server.seal(&mut s, |p| {
+        let relayed = server.seal(T, IV, &mut s, |p| {
             tlv::put(p, wire::inner::SENDER_ID, b"10.0.0.1:4000");
             tlv::put(p, wire::inner::BODY, b"hi");
         });
@@ -173,7 +232,7 @@ mod tests {
             Err(OpenError::Reflected)
         );
         // A client token sent back to the client is refused too.
-        let mine = client.seal(&mut s, |p| tlv::put(p, wire::inner::BODY, b"x"));
+        let mine = client.seal(T, IV, &mut s, |p| tlv::put(p, wire::inner::BODY, b"x"));
         assert_eq!(
             client.open(mine.as_bytes(), Direction::ToClient),
             Err(OpenError::Reflected)

@@ -425,16 +425,27 @@ fn tlv_seeds() -> Vec<(String, Vec<u8>)> {
         max_datagram: 548,
         ..Config::default()
     };
-    let mut relay = Relay::new(config, ServerKey::generate().unwrap(), now);
+    let mut relay = Relay::new(
+        config,
+        ServerKey::generate().unwrap(),
+        now,
+        1_700_000_000,
+        [0x5e; 32],
+    );
     let addrs: Vec<SocketAddr> = (0..2)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], 7000 + i)))
         .collect();
     let mut clients: Vec<ClientCore> = (0..2)
-        .map(|_| {
-            ClientCore::new(ClientOptions {
-                max_datagram: 200,
-                ..ClientOptions::default()
-            })
+        .map(|i| {
+            ClientCore::new(
+                ClientOptions {
+                    max_datagram: 200,
+                    ..ClientOptions::default()
+                },
+                now,
+                1_700_000_000,
+                [i; 32],
+            )
         })
         .collect();
     let mut seen: Vec<Vec<u8>> = Vec::new();

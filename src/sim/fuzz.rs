@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fernet::Fernet;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::sha2::Sha256;
 use rsa::PublicKey;
@@ -20,6 +21,7 @@ use crate::client::{ClientCore, ClientEvent, ClientOptions};
 use crate::reassembly::{Outcome, Reassembler, ReassemblyLimits, CHUNK_OVERHEAD};
 use crate::relay::config::Config;
 use crate::relay::{Event, Relay, Transmits};
+use crate::session::fernet::{self, FernetKey};
 use crate::session::key::ServerKey;
 use crate::wire::fragment::{self, FragmentHeader, FRAGMENT_OVERHEAD};
 use crate::wire::tlv::{self, Reader};
@@ -388,6 +390,9 @@ fn reassembly_insert(input: &mut ByteReader<'_>, op: u8) -> Option<Frag> {
 
 /// Simulated clients at most.
 const CLIENTS: usize = 4;
+/// The wall clock the cores start with (no Fernet timestamp is checked, so
+/// any value works; a fixed one keeps a case reproducible byte for byte).
+const UNIX_START: u64 = 1_700_000_000;
 /// Stranger addresses.
 const STRANGERS: u8 = 4;
 /// Datagrams whose SESSION_KEY reaches RSA per input (~2 ms each).
@@ -483,7 +488,7 @@ struct SimClient {
     cookie: Option<[u8; COOKIE_LEN]>,
     /// A Fernet key the harness registered for this address itself (op 11),
     /// used to craft tokens with arbitrary plaintexts (op 12).
-    crafted_key: Option<Fernet>,
+    crafted_key: Option<FernetKey>,
     /// Deliveries of each (sender, body) to this client.
     received: HashMap<(String, Vec<u8>), u32>,
     /// Reassembles what the relay sends this address, to see its cookies.
@@ -537,6 +542,8 @@ struct Sim {
     crafted: HashSet<(String, Vec<u8>)>,
     next_body: u32,
     report: CoreReport,
+    /// The harness's own randomness (crafted keys and IVs), fixed-seeded.
+    rng: StdRng,
     /// Ids a shutdown just dropped, for checking its datagrams' addressees.
     unregistered_by_shutdown: HashSet<String>,
     /// Print every op and datagram (`MCRELAY_FUZZ_TRACE=1`, for reproducing).
@@ -640,11 +647,16 @@ pub fn core_report(data: &[u8]) -> CoreReport {
             SimClient {
                 addr: client_addr(i),
                 id: client_addr(i).to_string(),
-                core: ClientCore::new(ClientOptions {
-                    access_token: token,
-                    pin: None,
-                    max_datagram: client_max_datagram,
-                }),
+                core: ClientCore::new(
+                    ClientOptions {
+                        access_token: token,
+                        pin: None,
+                        max_datagram: client_max_datagram,
+                    },
+                    now,
+                    UNIX_START,
+                    [i as u8 + 1; 32],
+                ),
                 tx_ok: false,
                 rx_ok: false,
                 cookie: None,
@@ -655,7 +667,7 @@ pub fn core_report(data: &[u8]) -> CoreReport {
         })
         .collect();
     let mut sim = Sim {
-        relay: Relay::new(config.clone(), key, now),
+        relay: Relay::new(config.clone(), key, now, UNIX_START, [0x5e; 32]),
         config,
         client_max_datagram,
         now,
@@ -668,6 +680,7 @@ pub fn core_report(data: &[u8]) -> CoreReport {
         crafted: HashSet::new(),
         next_body: 0,
         report: CoreReport::default(),
+        rng: StdRng::from_seed([0x3a; 32]),
         unregistered_by_shutdown: HashSet::new(),
         trace: std::env::var_os("MCRELAY_FUZZ_TRACE").is_some(),
     };
@@ -989,7 +1002,8 @@ impl Sim {
         let Some(cookie) = self.clients[i].cookie else {
             return;
         };
-        let fernet_key = Fernet::generate_key();
+        let key_bytes: [u8; 32] = self.rng.random();
+        let fernet_key = fernet::encode_key(&key_bytes);
         let ciphertext = match mode & 3 {
             3 => {
                 // Raw ciphertext, usually of the modulus size so RSA runs.
@@ -1015,7 +1029,7 @@ impl Sim {
                     _ => plain.extend_from_slice(blob),
                 }
                 plain.truncate(190); // OAEP-SHA256 limit for RSA-2048
-                match server_public().oaep_encrypt::<Sha256>(&plain) {
+                match server_public().oaep_encrypt_with_rng::<Sha256, _>(&mut self.rng, &plain) {
                     Ok(ct) => ct,
                     Err(_) => return,
                 }
@@ -1028,7 +1042,7 @@ impl Sim {
         let joined_before = self.relay.stats().handshakes_completed;
         self.deliver_to_relay(addr, d, Origin::Other);
         if self.relay.stats().handshakes_completed > joined_before && mode & 3 != 3 {
-            self.clients[i].crafted_key = Fernet::new(&fernet_key);
+            self.clients[i].crafted_key = Some(FernetKey::from_bytes(&key_bytes));
         }
     }
 
@@ -1047,7 +1061,7 @@ impl Sim {
         } else {
             plain.extend_from_slice(tail);
         }
-        let token = f.encrypt(&plain);
+        let token = f.seal_text(UNIX_START, self.rng.random(), &plain);
         let fragmented = kind & 8 != 0;
         let kind = match kind % 8 {
             0..=3 => outer::DATA,

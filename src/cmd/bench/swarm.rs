@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mcrelay::wire::RejectReason;
 use mcrelay::{ClientCore, ClientEvent, ClientOptions};
@@ -47,6 +47,9 @@ pub fn connect(server: SocketAddr, n: usize, within: Duration) -> Result<Vec<Cli
     };
     let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
     let mut clients = Vec::with_capacity(n);
+    let unix_now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     for i in 0..n {
         let mut sock = UdpSocket::bind(bind).map_err(|e| format!("client socket {i}: {e}"))?;
         poll.registry()
@@ -54,7 +57,12 @@ pub fn connect(server: SocketAddr, n: usize, within: Duration) -> Result<Vec<Cli
             .map_err(|e| format!("poll register: {e}"))?;
         clients.push(Client {
             sock,
-            core: ClientCore::new(ClientOptions::default()),
+            core: ClientCore::new(
+                ClientOptions::default(),
+                Instant::now(),
+                unix_now,
+                rand::random(),
+            ),
         });
     }
     let result = handshake_all(&mut poll, &mut clients, server, within);
