@@ -28,9 +28,11 @@ fn ipv4_and_ipv6_clients_relay_to_each_other_under_their_own_ids() {
     assert_eq!(id6, format!("[::1]:{}", v6.local_addr().unwrap().port()));
 
     // The IPv4 member hears of the IPv6 one under its bracketed id.
-    expect_event(&mut v4, "PEER_JOINED", |e| {
-        matches!(e, ClientEvent::PeerJoined(id) if *id == id6)
-    });
+    expect_event(
+        &mut v4,
+        "PEER_JOINED",
+        |e| matches!(e, ClientEvent::PeerJoined(id) if *id == id6),
+    );
     v4.send(b"from four").unwrap();
     assert_eq!(expect_message(&mut v6, b"from four"), id4);
     v6.send(b"from six").unwrap();
@@ -42,9 +44,11 @@ fn ipv4_and_ipv6_clients_relay_to_each_other_under_their_own_ids() {
     assert!(clients.iter().any(|l| l.starts_with(&id4)), "{clients:?}");
     assert!(clients.iter().any(|l| l.starts_with(&id6)), "{clients:?}");
     admin.ok(&format!("kick {id6}"));
-    expect_event(&mut v4, "PEER_LEFT", |e| {
-        matches!(e, ClientEvent::PeerLeft { id, .. } if *id == id6)
-    });
+    expect_event(
+        &mut v4,
+        "PEER_LEFT",
+        |e| matches!(e, ClientEvent::PeerLeft { id, .. } if *id == id6),
+    );
 }
 
 #[test]
@@ -64,11 +68,20 @@ fn a_group_of_one_family_still_serves_unicast_of_both() {
 #[test]
 fn two_groups_of_one_family_are_refused() {
     let out = std::process::Command::new(bin())
-        .args(["serve", "--group", "239.255.0.77", "--group", "239.255.0.78"])
+        .args([
+            "serve",
+            "--group",
+            "239.255.0.77",
+            "--group",
+            "239.255.0.78",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("at most one group per address family"), "{err}");
+    assert!(
+        err.contains("at most one group per address family"),
+        "{err}"
+    );
 }
