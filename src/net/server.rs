@@ -170,10 +170,16 @@ impl Server {
         let mut events = Events::with_capacity(64);
         loop {
             let now = Instant::now();
-            let timeout = self.relay.poll_timeout().map(|t| {
-                t.saturating_duration_since(now)
-                    .max(Duration::from_millis(1))
-            });
+            let timeout = if self.admin.as_ref().is_some_and(Admin::busy) {
+                // Admin input left over from the last turn: no readiness
+                // event will announce it again.
+                Some(Duration::ZERO)
+            } else {
+                self.relay.poll_timeout().map(|t| {
+                    t.saturating_duration_since(now)
+                        .max(Duration::from_millis(1))
+                })
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -196,18 +202,15 @@ impl Server {
                     }
                     token => {
                         if let Some(admin) = self.admin.as_mut().filter(|a| a.owns(token)) {
-                            let registry = self.poll.registry();
-                            let action = admin.handle(
-                                registry,
-                                token,
-                                &mut self.relay,
-                                &mut self.out,
-                                Instant::now(),
-                            );
-                            stop |= action == Action::Shutdown;
+                            admin.handle(self.poll.registry(), token);
                         }
                     }
                 }
+            }
+            if let Some(admin) = self.admin.as_mut() {
+                // A bounded share of admin work per turn, after this turn's UDP.
+                let action = admin.run(&mut self.relay, &mut self.out, Instant::now());
+                stop |= action == Action::Shutdown;
             }
             self.relay.handle_timeout(Instant::now(), &mut self.out);
             self.send_all();
