@@ -729,3 +729,26 @@ fn write_pending(s: &mut Session) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_must_fit_an_auth_line() {
+        assert!(Admin::check_token(b"s3cret").is_ok());
+        assert!(Admin::check_token(b"two words").is_ok());
+        assert!(Admin::check_token(&[b'a'; MAX_TOKEN_LEN]).is_ok());
+        for (bad, why) in [
+            (&b""[..], "empty"),
+            (&[b'a'; MAX_TOKEN_LEN + 1][..], "at most 507"),
+            (b"\xff\xfe", "UTF-8"),
+            (b"tab\there", "control"),
+            (b" lead", "whitespace"),
+            (b"trail ", "whitespace"),
+        ] {
+            let err = Admin::check_token(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+}
