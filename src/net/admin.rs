@@ -365,6 +365,8 @@ impl Admin {
                 warn!("admin register: {e}");
                 continue;
             }
+            // Logged before the session's cursor is set: its own opening is no news to it.
+            info!("admin session from {peer} opened");
             let authed = self.config.token.is_none();
             let mut s = Session {
                 stream,
@@ -392,7 +394,6 @@ impl Admin {
             ));
             entry.insert(s);
             self.sessions_total += 1;
-            info!("admin session from {peer} opened");
         }
     }
 
