@@ -37,19 +37,20 @@ use crate::relay::{Relay, Transmits};
 /// Longest command line, without its line ending.
 pub const MAX_LINE: usize = 512;
 /// Longest admin token: `auth TOKEN` must fit in one command line.
-pub const MAX_TOKEN_LEN: usize = MAX_LINE - "auth ".len();
+const MAX_TOKEN_LEN: usize = MAX_LINE - "auth ".len();
 /// Bytes read from one session per turn of the loop.
-pub const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 4096;
 /// Lines (commands, bad or empty lines) handled per session per turn.
-pub const LINE_BUDGET: usize = 32;
+const LINE_BUDGET: usize = 32;
 /// Unsent output at which a session's commands wait for it to read.
-pub const REPLY_BUDGET: usize = 64 * 1024;
-/// Largest single reply (`clients`, `log tail`); the rest is summarized.
-pub const MAX_REPLY: usize = 128 * 1024;
+const REPLY_BUDGET: usize = 64 * 1024;
+/// Largest single reply: `clients` counts the lines it left out, `log tail`
+/// keeps the newest.
+const MAX_REPLY: usize = 128 * 1024;
 /// Pending output above which a session gets no more log lines.
 const LOG_BUDGET: usize = 64 * 1024;
 /// Bad lines in a row tolerated before closing.
-pub const MAX_ABUSE: u8 = 5;
+const MAX_ABUSE: u8 = 5;
 /// Wrong tokens tolerated before closing.
 const MAX_BAD_AUTH: u8 = 3;
 
@@ -247,9 +248,9 @@ impl Admin {
         })
     }
 
-    /// Checks that `token` can be presented with `auth TOKEN`: not empty,
-    /// at most [`MAX_TOKEN_LEN`] bytes, UTF-8 without control characters,
-    /// and no whitespace at either end (command lines are trimmed).
+    /// Checks that `token` can be presented with `auth TOKEN`: 1 to 507
+    /// bytes (the line fits in a command line), UTF-8 without control
+    /// characters, and no whitespace at either end (lines are trimmed).
     ///
     /// # Errors
     /// Says what is wrong with the token, never what it holds.
@@ -326,8 +327,8 @@ impl Admin {
         self.sessions.iter().any(|(_, s)| s.has_input_work())
     }
 
-    /// One turn: every session with input gets at most one read and
-    /// [`LINE_BUDGET`] lines.
+    /// One turn: every session with input gets at most one read (4 KiB)
+    /// and 32 lines.
     pub fn run(&mut self, relay: &mut Relay, out: &mut Transmits, now: Instant) -> Action {
         let mut action = Action::None;
         // Slab keys are below its capacity, which max_sessions bounds.
