@@ -43,6 +43,19 @@ const RETRY: Duration = Duration::from_millis(700);
 /// A keepalive interval well inside the server's default 60 s client timeout.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 
+/// Largest message body [`UdpClient::send`] accepts (49,046 bytes): the
+/// relay's copy of it (SEQ, the longest SENDER_ID `255.255.255.255:65535`,
+/// BODY) must still fit in one TLV once sealed as a Fernet token.
+pub const MAX_BODY_LEN: usize = {
+    // A Fernet token is the padded base64url of version (1) + timestamp (8)
+    // + IV (16) + AES-CBC ciphertext + HMAC (32) = 57 bytes + ciphertext.
+    let raw = crate::wire::tlv::MAX_VALUE_LEN / 4 * 3;
+    // PKCS#7 always adds 1..=16 bytes, up to a multiple of 16.
+    let plain = (raw - 57) / 16 * 16 - 1;
+    let (seq, sender_id, body_header) = (4 + 8, 4 + 21, 4);
+    plain - seq - sender_id - body_header
+};
+
 /// Where the client sends.
 #[derive(Clone, Copy, Debug)]
 pub enum Target {
@@ -405,9 +418,21 @@ impl UdpClient {
         }
     }
 
-    /// Sends a message; false if no session is established or the message
-    /// is too large for one token (about 48 KiB).
+    /// Sends a message; false if no session is established.
+    ///
+    /// # Errors
+    /// `InvalidInput` (and nothing sent) if `body` is longer than
+    /// [`MAX_BODY_LEN`]; otherwise socket errors.
     pub fn send(&mut self, body: &[u8]) -> io::Result<bool> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "message of {} bytes is over the maximum of {MAX_BODY_LEN}",
+                    body.len()
+                ),
+            ));
+        }
         let ok = self.core.send(body, &mut self.out);
         self.flush()?;
         Ok(ok)
