@@ -39,29 +39,33 @@
 //!
 //! # What an owner is guaranteed
 //!
-//! Nothing that arrived before a message's first fragment can push that
-//! message out. A message X of owner O, intact and within the limits on its
-//! own, completes unless, between its first fragment and its last, one of
-//! these happens:
+//! While the total budget has room, nothing that arrived before a message's
+//! first fragment can push that message out. Precisely: a message X of
+//! owner O, intact and within the limits on its own, completes unless,
+//! between its first fragment and its last, one of these happens:
 //!
-//! - O starts `max_partials_per_owner` or more other new messages (so up to
-//!   that many minus one may be interleaved with X, by anyone who can send
-//!   as O);
-//! - the messages O starts meanwhile hold, with X, more than
-//!   `max_bytes_per_owner`;
-//! - the total budget is full and O holds the most bytes when an owner
-//!   below its fair share needs room;
+//! - O starts `max_partials_per_owner` or more other new messages (so one
+//!   fewer may be interleaved with X, by anyone who can send as O);
+//! - the partials O starts meanwhile hold, with X, more than
+//!   `max_bytes_per_owner` (partials older than X go first, and an older
+//!   partial that grows can evict only partials older than itself);
+//! - the total budget is full and O, holding the most bytes, gives way to
+//!   an owner below its fair share (again its partials older than X first);
 //! - the total budget is full and O, with X's next chunk, is beyond its fair
-//!   share: then what O held before X counts too, and X is dropped;
+//!   share: only here does what O held before X count, and X is dropped;
 //! - `max_age` passes.
 //!
 //! With the relay's defaults (8 slots, 256 KiB per client, 8 MiB in total)
 //! the total budget cannot fill while 32 or fewer clients hold partials, so
 //! a forger who spoofs one member can only churn that member's slots: the
 //! member's message, sent as one burst, gets through unless the forger
-//! lands 8 new msg_ids, or 256 KiB less the message, inside that burst. The
-//! guarantee does not cover an on-path attacker, who sees the msg_id and
-//! can spoil X with a duplicate index (it could as well drop X).
+//! lands 8 new msg_ids, or 256 KiB less the message, inside that burst.
+//! Filling the total budget takes more than 32 clients at their byte limit
+//! (a forger spoofing many members at once); then a member at or beyond its
+//! fair share gets no new bytes until its partials complete, expire or give
+//! way under the fair-share rule, so such a forger can delay it. Nor does
+//! the guarantee cover an on-path attacker, who sees the msg_id and can
+//! spoil X with a duplicate index (it could as well drop X).
 //!
 //! Costs: an insert is O(log n) amortised in the partials and owners held
 //! (per-owner arrival order and a by-bytes index of owners are ordered
@@ -135,11 +139,11 @@ pub enum DropReason {
     Expired,
     /// The owner's oldest partial made way for the same owner's newer
     /// message (slots or owner bytes full); reported through
-    /// [`Reassembler::take_evictions`].
+    /// `Reassembler::take_evictions`.
     Evicted,
     /// The oldest partial of the owner holding the most bytes made way for
     /// an owner below its fair share of a full total budget; reported
-    /// through [`Reassembler::take_evictions`].
+    /// through `Reassembler::take_evictions`.
     FairShare,
 }
 
@@ -398,6 +402,10 @@ impl Reassembler {
         if limits.max_partials_per_owner == 0 {
             return Outcome::Dropped(DropReason::TooManyPartials);
         }
+        // Refused before anything is evicted for it.
+        if let Err(reason) = fits_alone(limits, cost) {
+            return Outcome::Dropped(reason);
+        }
         // A new message displaces the owner's oldest (see the module docs).
         while self.owner_usage(key.0).0 >= self.limits.max_partials_per_owner {
             if !self.evict_oldest(key.0, None) {
@@ -499,9 +507,9 @@ impl Reassembler {
     ///
     /// A message that could not fit even alone is refused before anything
     /// is evicted. Otherwise, if the total budget refuses it after the owner
-    /// budget made room, what was evicted for it stays evicted: all of it
-    /// was older than the refused message, of the same owner, and the
-    /// owner's total shrank as it would have anyway.
+    /// budget made room, what the owner budget evicted stays evicted: it
+    /// was the owner's own, older than the refused message, and would have
+    /// made way for it had the total budget allowed.
     fn make_room(
         &mut self,
         owner: u64,
@@ -511,12 +519,7 @@ impl Reassembler {
         let (keep, alone) = growing.map_or((None, cost), |(serial, accounted)| {
             (Some(serial), accounted.saturating_add(cost))
         });
-        if alone > self.limits.max_bytes_per_owner {
-            return Err(DropReason::OwnerBytes);
-        }
-        if alone > self.limits.max_total_bytes {
-            return Err(DropReason::TotalBytes);
-        }
+        fits_alone(&self.limits, alone)?;
         while self.owner_usage(owner).1.saturating_add(cost) > self.limits.max_bytes_per_owner {
             if !self.evict_oldest(owner, keep) {
                 return Err(DropReason::OwnerBytes);
@@ -614,6 +617,18 @@ impl Reassembler {
             let partials = &self.partials;
             self.expiry.retain(|e| is_live(partials, e));
         }
+    }
+}
+
+/// Whether a message of `bytes` accounted bytes could be held at all, were
+/// everything else evicted.
+fn fits_alone(limits: &ReassemblyLimits, bytes: usize) -> Result<(), DropReason> {
+    if bytes > limits.max_bytes_per_owner {
+        Err(DropReason::OwnerBytes)
+    } else if bytes > limits.max_total_bytes {
+        Err(DropReason::TotalBytes)
+    } else {
+        Ok(())
     }
 }
 
@@ -1188,6 +1203,17 @@ mod tests {
         assert_eq!(r.owner_usage(1), (0, 0));
         assert_eq!(r.total_bytes(), per_chunk);
         check_invariants(&r);
+        // Not even a slot is freed for it.
+        let mut r = Reassembler::new(ReassemblyLimits {
+            max_partials_per_owner: 1,
+            ..r.limits().clone()
+        });
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 2, &c)), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 1, &frag(2, 0, 2, &over)),
+            Outcome::Dropped(DropReason::OwnerBytes)
+        );
+        assert_eq!((evicted(&mut r), r.owner_usage(1)), (0, (1, per_chunk)));
     }
 
     #[test]

@@ -360,6 +360,15 @@ impl Shadow {
         if count == 1 {
             return Outcome::Complete(chunk.to_vec());
         }
+        if limits.max_partials_per_owner == 0 {
+            return Outcome::Dropped(DropReason::TooManyPartials);
+        }
+        if cost > limits.max_bytes_per_owner {
+            return Outcome::Dropped(DropReason::OwnerBytes);
+        }
+        if cost > limits.max_total_bytes {
+            return Outcome::Dropped(DropReason::TotalBytes);
+        }
         while self.usage(owner).0 >= limits.max_partials_per_owner {
             assert!(self.evict_oldest(owner, None));
             self.evicted.0 += 1;
