@@ -15,10 +15,9 @@ use crate::reassembly::{Outcome, Reassembler, ReassemblyLimits};
 use crate::session::key;
 use crate::session::{Direction, Session};
 use crate::wire::fragment;
-use crate::wire::tlv::{self, Reader};
-use crate::wire::{
-    self, inner, outer, Inner, LeaveReason, RejectReason, COOKIE_LEN, MIN_HELLO_LEN,
-};
+use crate::wire::outer::{Datagram, Item, Keyed, TokenKind};
+use crate::wire::tlv;
+use crate::wire::{self, inner, outer, Inner, LeaveReason, RejectReason, MIN_HELLO_LEN};
 
 /// Something the server told the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,63 +216,66 @@ impl ClientCore {
         out: &mut Vec<Vec<u8>>,
         events: &mut Vec<ClientEvent>,
     ) -> Result<(), ClientError> {
-        if tlv::validate(data).is_err() {
+        // One pass over the bytes; a broken datagram is dropped as a whole.
+        let Ok(d) = Datagram::parse(data) else {
             self.dropped += 1;
             return Ok(());
+        };
+        if d.overflow > 0 {
+            self.dropped += 1; // more session items than any server sends
         }
-        for t in Reader::new(data).flatten() {
-            match t.kind {
-                outer::SERVER_KEY => {
-                    let cookie = Reader::new(data)
-                        .flatten()
-                        .find(|c| c.kind == outer::COOKIE);
-                    self.on_server_key(t.value, cookie.map(|c| c.value), out, events)?;
+        let mut result = Ok(());
+        if let Some(k) = d.server_key {
+            result = self.on_server_key(k, out, events);
+        }
+        if let Some(r) = d.reject {
+            if let Some(r) = RejectReason::from_u8(r) {
+                events.push(ClientEvent::Rejected(r));
+            }
+        }
+        for item in d.items() {
+            match item {
+                Item::Token(kind @ (TokenKind::Welcome | TokenKind::Data), token) => {
+                    self.on_token(kind, token, events)
                 }
-                outer::REJECT => match t.value {
-                    [r] => {
-                        if let Some(r) = RejectReason::from_u8(*r) {
-                            events.push(ClientEvent::Rejected(r));
-                        }
-                    }
-                    _ => self.dropped += 1,
-                },
-                outer::WELCOME | outer::DATA => self.on_token(t.kind, t.value, events),
-                outer::FRAGMENT if !reassembled => {
+                // KEEPALIVE and BYE only travel towards the server.
+                Item::Token(TokenKind::Keepalive | TokenKind::Bye, _) => {}
+                Item::Fragment(f) if !reassembled => {
                     self.reassembler.expire(now);
-                    let Some(f) = fragment::parse_fragment(t.value) else {
-                        self.dropped += 1;
-                        continue;
-                    };
                     match self.reassembler.insert(now, 0, &f) {
-                        Outcome::Complete(p) => self.handle_payload(now, &p, true, out, events)?,
+                        Outcome::Complete(p) => {
+                            let r = self.handle_payload(now, &p, true, out, events);
+                            result = result.and(r);
+                        }
                         Outcome::Incomplete => {}
                         Outcome::Dropped(_) => self.dropped += 1,
                     }
                 }
-                _ => {}
+                // A fragment inside a reassembled message would let one message recurse.
+                Item::Fragment(_) => self.dropped += 1,
             }
         }
-        Ok(())
+        result
     }
 
     fn on_server_key(
         &mut self,
-        der: &[u8],
-        cookie: Option<&[u8]>,
+        k: Keyed<'_>,
         out: &mut Vec<Vec<u8>>,
         events: &mut Vec<ClientEvent>,
     ) -> Result<(), ClientError> {
         if !matches!(self.state, State::AwaitKey) {
             return Ok(()); // a late or duplicate answer to an earlier HELLO
         }
-        let (Some(cookie), Ok(public)) = (cookie, PublicKey::from_public_key_der(der)) else {
+        let (Some(cookie), true, Ok(public)) = (
+            k.cookie,
+            Datagram::cookie_len_ok(&k),
+            PublicKey::from_public_key_der(k.value),
+        ) else {
             self.dropped += 1;
             return Ok(());
         };
-        if cookie.len() != COOKIE_LEN {
-            self.dropped += 1;
-            return Ok(());
-        }
+        let der = k.value;
         let fingerprint = key::fingerprint(der);
         if let Some(pin) = &self.opts.pin {
             if !pin.eq_ignore_ascii_case(&fingerprint) {
@@ -302,9 +304,9 @@ impl ClientCore {
         Ok(())
     }
 
-    fn on_token(&mut self, kind: u16, token: &[u8], events: &mut Vec<ClientEvent>) {
+    fn on_token(&mut self, kind: TokenKind, token: &[u8], events: &mut Vec<ClientEvent>) {
         let session = match &mut self.state {
-            State::AwaitWelcome(s) if kind == outer::WELCOME => s,
+            State::AwaitWelcome(s) if kind == TokenKind::Welcome => s,
             State::Established { session, .. } => session,
             _ => {
                 self.dropped += 1;
@@ -317,7 +319,7 @@ impl ClientCore {
         };
         let Ok(m) = Inner::parse(&plain) else { return };
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        if kind == outer::WELCOME {
+        if kind == TokenKind::Welcome {
             let id = text(m.client_id.unwrap_or_default());
             if let State::AwaitWelcome(_) = self.state {
                 let State::AwaitWelcome(session) = std::mem::replace(&mut self.state, State::Idle)
