@@ -89,10 +89,10 @@ pub enum ClientEvent {
     Rejected(RejectReason),
 }
 
-/// A fatal handshake problem.
+/// A handshake problem.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientError {
-    /// The server's key has another fingerprint than the pinned one.
+    /// A server key with another fingerprint than the pinned one (ignored).
     PinMismatch {
         /// The pinned fingerprint.
         expected: String,
@@ -181,6 +181,15 @@ struct Seen {
 }
 
 /// One client's protocol state.
+///
+/// Unauthenticated answers never end a session: a REJECT 1 or 2 while
+/// established is a hint ([`ClientCore::take_hint`]) that the caller may
+/// answer with [`ClientCore::rehandshake`] while the session keeps working;
+/// a REJECT after our SESSION_KEY is only recorded
+/// ([`ClientCore::refusal`]); a SERVER_KEY that does not match the pin is
+/// ignored and counted ([`ClientCore::pin_mismatches`]), and
+/// [`ClientCore::handle_datagram`] reports it as
+/// [`ClientError::PinMismatch`] for the caller's log.
 pub struct ClientCore {
     opts: ClientOptions,
     state: State,
@@ -331,6 +340,12 @@ impl ClientCore {
 
     /// Handles a datagram from the server: events go to `events`, replies
     /// (the SESSION_KEY) to `out`.
+    ///
+    /// # Errors
+    /// [`ClientError::PinMismatch`] when the datagram's SERVER_KEY was
+    /// ignored because of the pin. Nothing is wrong with the core: the
+    /// handshake goes on waiting for the pinned key, so callers log or
+    /// count it and carry on.
     pub fn handle_datagram(
         &mut self,
         now: Instant,

@@ -11,14 +11,16 @@
 //! The core treats a REJECT as a hint (see [`crate::client`]); this shell
 //! decides when to act, with these rules:
 //!
-//! - Only datagrams from the server's address reach the core (a socket
-//!   that is not the server cannot even deliver a hint).
+//! - Only datagrams from the server's address reach the core (for a group
+//!   target, once a server answered): another socket cannot even deliver
+//!   a hint; forging one takes forging the server's address.
 //! - A hint (REJECT 1 or 2 while established) starts a re-handshake in the
 //!   background 200 ms later, and never sooner than a second after the
-//!   previous HELLO; then one HELLO a second until welcomed. An
-//!   authentic token under the established session before the first HELLO
-//!   cancels it: the hint was false. So forged hints cost the server at
-//!   most one handshake a second, and the session keeps working meanwhile.
+//!   previous HELLO; then one HELLO a second until welcomed. An authentic
+//!   token under the established session before the new SESSION_KEY goes
+//!   out cancels it: the hint was false (a busy session is never re-keyed
+//!   by forged hints). So forged hints cost the server at most one
+//!   handshake a second, and the session keeps working meanwhile.
 //! - The interval never grows. A backoff would let a stranger who forges
 //!   hints push a real recovery minutes away; and since the server's own
 //!   REJECTs share a budget that strangers can spend, each keepalive
