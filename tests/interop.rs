@@ -145,7 +145,8 @@ fn python_client_handshakes_through_the_multicast_group_with_a_pin_and_token() {
 /// a pinned listener is answered first by a rogue key, forged REJECT 1 and
 /// 2 arrive from the server's address, and the relay restarts on the same
 /// port. It waits out the rogue keys, handshakes again at most once a
-/// second, never exits, and keeps receiving.
+/// second and keeps receiving; it exits only when the relay, back with an
+/// access token, refuses its new handshakes.
 #[test]
 fn python_client_treats_rejects_as_hints_and_waits_out_rogue_keys() {
     let dir = std::env::temp_dir().join(format!("mcrelay-interop-hints-{}", std::process::id()));
@@ -231,6 +232,19 @@ fn python_client_treats_rejects_as_hints_and_waits_out_rogue_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
     expect_message(&mut rust, b"pinned via a rogue");
+
+    // Only a real refusal stops it: back with an access token it lacks.
+    let token = dir.join("token");
+    std::fs::write(&token, "sesame\n").unwrap();
+    drop(server);
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--iface", "127.0.0.1", "--admin-port", "0"])
+        .args(["--key-file", key, "--port", &port.to_string()])
+        .args(["--token-file", token.to_str().unwrap()]);
+    let _server = Server::spawn(cmd);
+    let (status, stderr) = py.wait_with_stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("AUTH_FAILED"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
