@@ -19,9 +19,9 @@ USAGE:
 MESSAGE is sent as it is; without it (or with `-`) all of stdin is, minus one
 trailing newline. Exits 0 once the server welcomed the session and the message
 went out; non-zero, with a one-line error, if the server is silent for the
-timeout, refuses the session (e.g. wrong token) or presents another key than
---pin. Messages over 49046 bytes (about 48 KiB) are refused before anything
-is sent.
+timeout, refuses the session twice (e.g. wrong token), or only keys other than
+--pin answer within the timeout (a forged answer is waited out, not obeyed).
+Messages over 49046 bytes (about 48 KiB) are refused before anything is sent.
 
 ";
 
