@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::testrng::XorShift;
 use common::*;
+use mcrelay::wire::fragment::FRAGMENT_HEADER_LEN;
 use mcrelay::wire::tlv::{self, Reader};
 use mcrelay::wire::{outer, RejectReason, COOKIE_LEN, MIN_HELLO_LEN};
 use mcrelay::ConnectError;
@@ -35,8 +36,6 @@ use mcrelay::{ClientEvent, ClientOptions};
 const QUIET: Duration = Duration::from_millis(300);
 /// The server's default largest datagram; fragments of honest clients are this big.
 const MAX_DATAGRAM: usize = 1200;
-/// `msg_id | index | count` at the start of a FRAGMENT value.
-const FRAGMENT_HEADER_LEN: usize = 8;
 /// Largest UDP payload over IPv4.
 const MAX_UDP: usize = 65507;
 /// Burst of the per-source REJECT limiter (default config: twice the rate).

@@ -57,6 +57,10 @@ pub struct Stats {
     pub malformed: u64,
     /// Outer TLVs of unknown type (skipped).
     pub unknown_types: u64,
+    /// Handshake TLVs after the first of their type in one datagram (ignored).
+    pub repeated: u64,
+    /// Session items beyond the bound one datagram may carry (dropped).
+    pub too_many_items: u64,
     /// HELLOs ignored (too short, wrong version).
     pub hellos_ignored: u64,
     /// HELLOs answered with SERVER_KEY + COOKIE.
@@ -115,7 +119,7 @@ impl Stats {
 
     /// Visits every counter as (name, value), in a stable order.
     pub fn for_each(&self, mut f: impl FnMut(&str, u64)) {
-        let plain: [(&str, u64); 22] = [
+        let plain: [(&str, u64); 24] = [
             ("datagrams_in", self.datagrams_in),
             ("bytes_in", self.bytes_in),
             ("datagrams_out", self.datagrams_out),
@@ -123,6 +127,8 @@ impl Stats {
             ("send_errors", self.send_errors),
             ("malformed", self.malformed),
             ("unknown_types", self.unknown_types),
+            ("repeated", self.repeated),
+            ("too_many_items", self.too_many_items),
             ("hellos_ignored", self.hellos_ignored),
             ("hellos_answered", self.hellos_answered),
             ("handshakes_completed", self.handshakes_completed),

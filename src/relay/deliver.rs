@@ -1,0 +1,154 @@
+//! What members send once registered: tokens (DATA relayed to every other
+//! member, KEEPALIVE, BYE), fragments reassembled into payloads, and the
+//! fan-out that seals one plaintext tail for each receiver. Leaving (BYE,
+//! timeout, kick) lives here too, since it is announced by fan-out.
+
+use std::time::Instant;
+
+use log::info;
+
+use crate::reassembly::Outcome;
+use crate::relay::dispatch::Turn;
+use crate::relay::{Event, Relay, Transmits};
+use crate::session::{Direction, OpenError};
+use crate::wire::fragment::FragmentHeader;
+use crate::wire::outer::TokenKind;
+use crate::wire::{inner, outer, tlv, Inner, LeaveReason};
+
+impl Relay {
+    /// Opens a token from the member in `slot` and acts on it.
+    pub(super) fn handle_token(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        kind: TokenKind,
+        token: &[u8],
+        out: &mut Transmits,
+    ) {
+        let Some(c) = self.clients.get_mut(slot) else {
+            return;
+        };
+        let plain = match c.session.open(token, Direction::ToServer) {
+            Ok(p) => p,
+            Err(e) => {
+                match e {
+                    OpenError::BadToken => self.stats.bad_tokens += 1,
+                    OpenError::Malformed(_) => self.stats.malformed += 1,
+                    OpenError::Replay | OpenError::Reflected => self.stats.replays += 1,
+                }
+                drop_debug!(self, now, "token from {} dropped: {e:?}", c.id);
+                return;
+            }
+        };
+        c.last_seen = now;
+        c.msgs_in += 1;
+        c.bytes_in += token.len() as u64;
+        match kind {
+            TokenKind::Data => {
+                let Ok(Inner {
+                    body: Some(body), ..
+                }) = Inner::parse(&plain)
+                else {
+                    self.stats.malformed += 1;
+                    return;
+                };
+                self.tail.clear();
+                tlv::put(&mut self.tail, inner::SENDER_ID, c.id.as_bytes());
+                if body.len() + self.tail.len() + tlv::HEADER_LEN > tlv::MAX_VALUE_LEN {
+                    self.stats.oversize += 1;
+                    return;
+                }
+                tlv::put(&mut self.tail, inner::BODY, body);
+                self.stats.messages_relayed += 1;
+                let n = self.fan_out(Some(slot), outer::DATA, out);
+                self.stats.deliveries += n as u64;
+            }
+            TokenKind::Bye => self.remove(slot, LeaveReason::Bye, out),
+            // KEEPALIVE: last_seen is all it does. WELCOME never gets here.
+            TokenKind::Keepalive | TokenKind::Welcome => {}
+        }
+    }
+
+    /// Buffers a fragment from the member in `slot`; a completed payload is
+    /// handled as part of the same turn.
+    pub(super) fn handle_fragment(
+        &mut self,
+        now: Instant,
+        turn: &mut Turn,
+        slot: usize,
+        frag: &FragmentHeader<'_>,
+        out: &mut Transmits,
+    ) {
+        let Some(owner) = self.clients.get(slot).map(|c| c.generation) else {
+            return;
+        };
+        self.stats.fragments_in += 1;
+        match self.reassembler.insert(now, owner, frag) {
+            Outcome::Incomplete => self.schedule_gc(),
+            Outcome::Dropped(r) => {
+                self.stats.reassembly_drop(r, 1);
+                drop_debug!(
+                    self,
+                    now,
+                    "fragment from {} dropped: {}",
+                    turn.src,
+                    r.name()
+                );
+            }
+            Outcome::Complete(payload) => {
+                self.stats.reassembled += 1;
+                self.handle_payload(now, turn, &payload, true, out);
+            }
+        }
+    }
+
+    /// Seals `self.tail` (after a fresh SEQ) for every client but `skip`
+    /// and queues it as an outer `kind`. Returns how many were queued.
+    pub(super) fn fan_out(&mut self, skip: Option<usize>, kind: u16, out: &mut Transmits) -> usize {
+        let mut n = 0;
+        let Relay {
+            clients,
+            emitter,
+            tail,
+            stats,
+            ..
+        } = self;
+        for (slot, c) in clients.iter_mut() {
+            if Some(slot) == skip {
+                continue;
+            }
+            let token = c
+                .session
+                .seal(&mut emitter.plain, |p| p.extend_from_slice(tail));
+            match emitter.token(c.addr, kind, &token, out, stats) {
+                Ok(bytes) => {
+                    c.msgs_out += 1;
+                    c.bytes_out += bytes as u64;
+                    n += 1;
+                }
+                Err(_) => stats.oversize += 1,
+            }
+        }
+        n
+    }
+
+    /// Forgets the client in `slot` and tells the others why.
+    pub(super) fn remove(&mut self, slot: usize, reason: LeaveReason, out: &mut Transmits) {
+        let Some(c) = self.clients.remove(slot) else {
+            return;
+        };
+        self.reassembler.remove_owner(c.generation);
+        match reason {
+            LeaveReason::Bye => self.stats.clients_left += 1,
+            LeaveReason::Timeout => self.stats.clients_timed_out += 1,
+            LeaveReason::Kicked => self.stats.clients_kicked += 1,
+            LeaveReason::Shutdown => {}
+        }
+        info!("client {} left ({})", c.id, reason.name());
+        self.tail.clear();
+        tlv::put(&mut self.tail, inner::PEER_LEFT, c.id.as_bytes());
+        tlv::put_u8(&mut self.tail, inner::REASON, reason as u8);
+        self.fan_out(None, outer::DATA, out);
+        self.events.push(Event::Left { id: c.id, reason });
+    }
+}
