@@ -38,6 +38,7 @@ pub use net::logring;
 pub use net::server::{open_udp, Listen, Server, Signals};
 pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};
 pub use relay::config::Config;
+pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
 pub use relay::{ClientInfo, Event, Relay, Transmits};
 pub use session::key::{fingerprint, hex, ServerKey};

@@ -283,7 +283,7 @@ fn registered_fragment_flood_claiming_huge_messages_stays_bounded() {
         "only {seen} of {sent} fragments seen"
     );
     assert_eq!(
-        grew(&before, &after, "reassembly_drops_too_large"),
+        grew(&before, &after, "drop_reassembly_too_large"),
         seen,
         "{after:?}"
     );
@@ -330,7 +330,7 @@ fn unregistered_fragment_flood_costs_nothing_but_rate_limited_rejects() {
         replies.len()
     );
 
-    let seen = grew(&before, &after, "strangers");
+    let seen = grew(&before, &after, "drop_stranger");
     assert!(
         seen >= sent * 95 / 100,
         "only {seen} of {sent} datagrams seen"
@@ -449,7 +449,7 @@ fn rejects_to_one_source_are_rate_limited() {
         "{} REJECTs in {elapsed:?}; at most {allowed}",
         replies.len()
     );
-    assert_eq!(grew(&before, &after, "strangers"), 1000);
+    assert_eq!(grew(&before, &after, "drop_stranger"), 1000);
     assert_eq!(
         grew(&before, &after, "rejects_suppressed"),
         1000 - replies.len() as u64
@@ -677,7 +677,7 @@ fn handshakes_complete_quickly_under_a_valid_cookie_garbage_rsa_flood() {
     let flooding = Instant::now();
     let end = flooding + DEADLINE;
     while flooding.elapsed() < Duration::from_secs(1)
-        || stats(&mut admin)["handshakes_refused_rate_limited"] < rate / 2
+        || stats(&mut admin)["drop_handshake_rate_limited_addr"] < rate / 2
     {
         assert!(Instant::now() < end, "the flood never reached the limiter");
         std::thread::sleep(Duration::from_millis(50));
@@ -705,25 +705,22 @@ fn handshakes_complete_quickly_under_a_valid_cookie_garbage_rsa_flood() {
     }
     let report = flood.stop();
     let done = stats(&mut admin);
-    let rsa = grew(&start_stats, &done, "handshakes_refused_auth_failed");
+    let rsa = grew(&start_stats, &done, "drop_handshake_rsa_decrypt");
     eprintln!(
         "handshake unloaded {unloaded:?}; under a flood of {:.0}/s ({} sent in {:.1} s, \
          {} refused by the limiter while timing, {rsa} garbage RSA decrypted): {times:?}",
         report.sent as f64 / report.secs,
         report.sent,
         report.secs,
-        grew(&before, &after, "handshakes_refused_rate_limited"),
+        grew(&before, &after, "drop_handshake_rate_limited_addr"),
     );
 
     // The flood was what it claims: a valid cookie (no bad-cookie
     // refusals), garbage RSA that was decrypted and refused, still coming
     // while the newcomers shook hands.
-    assert_eq!(
-        grew(&start_stats, &done, "handshakes_refused_bad_cookie"),
-        0
-    );
+    assert_eq!(grew(&start_stats, &done, "drop_handshake_bad_cookie"), 0);
     assert!(rsa >= 1);
-    assert!(grew(&before, &after, "handshakes_refused_rate_limited") > 0);
+    assert!(grew(&before, &after, "drop_handshake_rate_limited_addr") > 0);
     // The limiter held one source to its burst and rate; +2 for rounding
     // and for the backlog the server still drains after the flooder stops.
     let allowed = (HANDSHAKE_BURST + HANDSHAKE_RATE * report.secs).ceil() as u64 + 2;
@@ -798,15 +795,15 @@ fn partials_filling_the_total_reassembly_budget_stay_within_twice_it() {
     eprintln!(
         "reassembly budget: {peak_held} bytes held, peak RSS growth {growth} KiB, \
          {} owner_bytes and {} total_bytes drops",
-        grew(&before, &after, "reassembly_drops_owner_bytes"),
-        grew(&before, &after, "reassembly_drops_total_bytes")
+        grew(&before, &after, "drop_reassembly_owner_bytes"),
+        grew(&before, &after, "drop_reassembly_total_bytes")
     );
     let budget = 8 * 1024 * 1024;
     assert!(
         peak_held <= budget && peak_held > budget * 9 / 10,
         "{peak_held}"
     );
-    assert!(grew(&before, &after, "reassembly_drops_total_bytes") > 0);
+    assert!(grew(&before, &after, "drop_reassembly_total_bytes") > 0);
     assert!(growth < 16 * 1024, "RSS grew by {growth} KiB");
     fresh_clients_still_relay(&server, "after the budget flood");
 }
@@ -815,18 +812,24 @@ fn partials_filling_the_total_reassembly_budget_stay_within_twice_it() {
 /// tallied from how each was built (not by asking the server's parser).
 #[derive(Debug, Default)]
 struct Expect {
-    /// Broken outer framing: `malformed`, whoever sends it.
+    /// Broken outer framing, whoever sends it: `drop_wire_framing`.
     malformed: u64,
-    /// Well-formed FRAGMENTs with broken headers from a member: `malformed`.
+    /// FRAGMENTs with broken headers, whoever sends them: the datagram is
+    /// refused as a whole, `drop_wire_bad_fragment`.
     bad_fragments: u64,
-    /// Well-formed junk tokens from a member: `bad_tokens`.
+    /// Well-formed junk tokens from a member: `drop_token_bad`.
     tokens: u64,
-    /// Well-formed datagrams that need a session, from a stranger: `strangers`.
+    /// Well-formed datagrams that need a session, from a stranger: `drop_stranger`.
     strangers: u64,
     /// FRAGMENTs with index >= count from a member: reassembly drops.
     out_of_range: u64,
-    /// TLVs of types the server does not take: `unknown_types`.
+    /// TLVs of types the server does not know: `drop_wire_unknown_type`.
     unknown: u64,
+    /// The first SERVER_KEY of a datagram, and a member's WELCOMEs: types
+    /// only the server sends, `drop_wire_server_to_client`.
+    server_types: u64,
+    /// SERVER_KEYs after the first in a datagram: `drop_wire_repeated`.
+    repeated: u64,
     /// SESSION_KEYs without a valid cookie: refused before any RSA.
     bad_cookies: u64,
     /// HELLOs too short or of another version: ignored.
@@ -918,10 +921,7 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
                 }
             };
             tlv::put(d, outer::FRAGMENT, &value);
-            if member {
-                e.bad_fragments += 1;
-            }
-            needs_session(e);
+            e.bad_fragments += 1;
         }
         // A FRAGMENT whose index is past its count; msg_ids of their own,
         // so it never meets a buffered message.
@@ -984,13 +984,27 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
                 outer::SERVER_KEY,
                 outer::WELCOME,
             ];
+            let (mut server_keys, mut welcomes) = (0, 0);
             for _ in 0..1 + rng.index(4) {
-                tlv::put(
-                    d,
-                    types[rng.index(types.len())],
-                    &rng.some_bytes(0, room.min(300)),
-                );
-                e.unknown += 1;
+                let ty = types[rng.index(types.len())];
+                tlv::put(d, ty, &rng.some_bytes(0, room.min(300)));
+                match ty {
+                    outer::SERVER_KEY => server_keys += 1,
+                    outer::WELCOME => welcomes += 1,
+                    _ => e.unknown += 1,
+                }
+            }
+            if server_keys > 0 {
+                e.server_types += 1;
+                e.repeated += server_keys - 1;
+            }
+            // A WELCOME is a session item: a member's is refused as a
+            // server-to-client type, a stranger's makes the datagram a
+            // stranger's.
+            if member {
+                e.server_types += welcomes;
+            } else if welcomes > 0 {
+                e.strangers += 1;
             }
         }
         // Handshakes gone wrong: SESSION_KEY with a made-up, short or no
@@ -1079,13 +1093,17 @@ fn ten_thousand_malformed_datagrams_change_nothing() {
         t.elapsed()
     );
     let counted: Vec<_> = [
-        "malformed",
-        "bad_tokens",
-        "strangers",
-        "unknown_types",
-        "hellos_ignored",
-        "handshakes_refused_bad_cookie",
-        "reassembly_drops_index_out_of_range",
+        "drop_wire_framing",
+        "drop_wire_bad_fragment",
+        "drop_token_bad",
+        "drop_stranger",
+        "drop_wire_unknown_type",
+        "drop_wire_server_to_client",
+        "drop_wire_repeated",
+        "drop_hello_short",
+        "drop_hello_bad_version",
+        "drop_handshake_bad_cookie",
+        "drop_reassembly_index_out_of_range",
     ]
     .iter()
     .map(|n| (*n, grew(&before, &after, n)))
@@ -1102,21 +1120,24 @@ fn ten_thousand_malformed_datagrams_change_nothing() {
         HOSTILE as u64 + probes
     );
     let both = |f: fn(&Expect) -> u64| f(&from_member) + f(&from_stranger);
-    let at_least = |name: &str, want: u64| {
-        let got = grew(&before, &after, name);
-        assert!(got >= want, "{name} grew by {got}, want at least {want}");
+    let at_least = |names: &[&str], want: u64| {
+        let got: u64 = names.iter().map(|n| grew(&before, &after, n)).sum();
+        assert!(got >= want, "{names:?} grew by {got}, want at least {want}");
     };
+    at_least(&["drop_wire_framing"], both(|e| e.malformed));
+    at_least(&["drop_wire_bad_fragment"], both(|e| e.bad_fragments));
+    at_least(&["drop_token_bad"], from_member.tokens);
+    at_least(&["drop_stranger"], from_stranger.strangers);
+    at_least(&["drop_wire_unknown_type"], both(|e| e.unknown));
+    at_least(&["drop_wire_server_to_client"], both(|e| e.server_types));
+    at_least(&["drop_wire_repeated"], both(|e| e.repeated));
     at_least(
-        "malformed",
-        both(|e| e.malformed) + from_member.bad_fragments,
+        &["drop_hello_short", "drop_hello_bad_version"],
+        both(|e| e.bad_hellos),
     );
-    at_least("bad_tokens", from_member.tokens);
-    at_least("strangers", from_stranger.strangers);
-    at_least("unknown_types", both(|e| e.unknown));
-    at_least("hellos_ignored", both(|e| e.bad_hellos));
-    at_least("handshakes_refused_bad_cookie", both(|e| e.bad_cookies));
+    at_least(&["drop_handshake_bad_cookie"], both(|e| e.bad_cookies));
     at_least(
-        "reassembly_drops_index_out_of_range",
+        &["drop_reassembly_index_out_of_range"],
         from_member.out_of_range,
     );
     assert_eq!(grew(&before, &after, "handshakes_completed"), 0);

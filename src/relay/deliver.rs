@@ -9,8 +9,9 @@ use log::info;
 
 use crate::reassembly::Outcome;
 use crate::relay::dispatch::Turn;
+use crate::relay::drop::Drop;
 use crate::relay::{Event, Relay, Transmits};
-use crate::session::{Direction, OpenError};
+use crate::session::Direction;
 use crate::wire::fragment::FragmentHeader;
 use crate::wire::outer::TokenKind;
 use crate::wire::{inner, outer, tlv, Inner, LeaveReason};
@@ -24,49 +25,32 @@ impl Relay {
         kind: TokenKind,
         token: &[u8],
         out: &mut Transmits,
-    ) {
+    ) -> Result<(), Drop> {
         let Some(c) = self.clients.get_mut(slot) else {
-            return;
+            return Err(Drop::Stranger);
         };
-        let plain = match c.session.open(token, Direction::ToServer) {
-            Ok(p) => p,
-            Err(e) => {
-                match e {
-                    OpenError::BadToken => self.stats.bad_tokens += 1,
-                    OpenError::Malformed(_) => self.stats.malformed += 1,
-                    OpenError::Replay | OpenError::Reflected => self.stats.replays += 1,
-                }
-                drop_debug!(self, now, "token from {} dropped: {e:?}", c.id);
-                return;
-            }
-        };
+        let plain = c.session.open(token, Direction::ToServer)?;
         c.last_seen = now;
         c.msgs_in += 1;
         c.bytes_in += token.len() as u64;
         match kind {
             TokenKind::Data => {
-                let Ok(Inner {
-                    body: Some(body), ..
-                }) = Inner::parse(&plain)
-                else {
-                    self.stats.malformed += 1;
-                    return;
-                };
+                let body = Inner::parse(&plain)?.body.ok_or(Drop::NoBody)?;
                 self.tail.clear();
                 tlv::put(&mut self.tail, inner::SENDER_ID, c.id.as_bytes());
                 if body.len() + self.tail.len() + tlv::HEADER_LEN > tlv::MAX_VALUE_LEN {
-                    self.stats.oversize += 1;
-                    return;
+                    return Err(Drop::Oversize);
                 }
                 tlv::put(&mut self.tail, inner::BODY, body);
                 self.stats.messages_relayed += 1;
-                let n = self.fan_out(Some(slot), outer::DATA, out);
+                let n = self.fan_out(Some(slot), outer::DATA, out)?;
                 self.stats.deliveries += n as u64;
             }
             TokenKind::Bye => self.remove(slot, LeaveReason::Bye, out),
             // KEEPALIVE: last_seen is all it does. WELCOME never gets here.
             TokenKind::Keepalive | TokenKind::Welcome => {}
         }
+        Ok(())
     }
 
     /// Buffers a fragment from the member in `slot`; a completed payload is
@@ -78,33 +62,36 @@ impl Relay {
         slot: usize,
         frag: &FragmentHeader<'_>,
         out: &mut Transmits,
-    ) {
-        let Some(owner) = self.clients.get(slot).map(|c| c.generation) else {
-            return;
-        };
+    ) -> Result<(), Drop> {
+        let owner = self
+            .clients
+            .get(slot)
+            .map(|c| c.generation)
+            .ok_or(Drop::Stranger)?;
         self.stats.fragments_in += 1;
         match self.reassembler.insert(now, owner, frag) {
             Outcome::Incomplete => self.schedule_gc(),
-            Outcome::Dropped(r) => {
-                self.stats.reassembly_drop(r, 1);
-                drop_debug!(
-                    self,
-                    now,
-                    "fragment from {} dropped: {}",
-                    turn.src,
-                    r.name()
-                );
-            }
+            Outcome::Dropped(r) => return Err(r.into()),
             Outcome::Complete(payload) => {
                 self.stats.reassembled += 1;
                 self.handle_payload(now, turn, &payload, true, out);
             }
         }
+        Ok(())
     }
 
     /// Seals `self.tail` (after a fresh SEQ) for every client but `skip`
     /// and queues it as an outer `kind`. Returns how many were queued.
-    pub(super) fn fan_out(&mut self, skip: Option<usize>, kind: u16, out: &mut Transmits) -> usize {
+    ///
+    /// # Errors
+    /// [`Drop::Oversize`] when the sealed tail is too long to frame: every
+    /// copy has the same length, so none is sent.
+    pub(super) fn fan_out(
+        &mut self,
+        skip: Option<usize>,
+        kind: u16,
+        out: &mut Transmits,
+    ) -> Result<usize, Drop> {
         let mut n = 0;
         let Relay {
             clients,
@@ -120,16 +107,22 @@ impl Relay {
             let token = c
                 .session
                 .seal(&mut emitter.plain, |p| p.extend_from_slice(tail));
-            match emitter.token(c.addr, kind, &token, out, stats) {
-                Ok(bytes) => {
-                    c.msgs_out += 1;
-                    c.bytes_out += bytes as u64;
-                    n += 1;
-                }
-                Err(_) => stats.oversize += 1,
-            }
+            let bytes = emitter
+                .token(c.addr, kind, &token, out, stats)
+                .map_err(|_| Drop::Oversize)?;
+            c.msgs_out += 1;
+            c.bytes_out += bytes as u64;
+            n += 1;
         }
-        n
+        Ok(n)
+    }
+
+    /// Sends the notice in `self.tail` to every client but `skip`. Notices
+    /// are short; one that cannot be framed is counted like any message.
+    pub(super) fn notify(&mut self, skip: Option<usize>, out: &mut Transmits) {
+        if let Err(why) = self.fan_out(skip, outer::DATA, out) {
+            self.dropped(None, why, 1, out);
+        }
     }
 
     /// Forgets the client in `slot` and tells the others why.
@@ -148,7 +141,7 @@ impl Relay {
         self.tail.clear();
         tlv::put(&mut self.tail, inner::PEER_LEFT, c.id.as_bytes());
         tlv::put_u8(&mut self.tail, inner::REASON, reason as u8);
-        self.fan_out(None, outer::DATA, out);
+        self.notify(None, out);
         self.events.push(Event::Left { id: c.id, reason });
     }
 }

@@ -10,9 +10,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::relay::drop::Drop;
 use crate::relay::{Relay, Transmits};
 use crate::wire::outer::{Datagram, Item, TokenKind};
-use crate::wire::{self, RejectReason};
 
 /// What one received datagram has been answered with so far.
 pub(super) struct Turn {
@@ -47,76 +47,46 @@ impl Relay {
     ) {
         let d = match Datagram::parse(bytes) {
             Ok(d) => d,
-            Err(e) => {
-                self.stats.malformed += 1;
-                drop_debug!(
-                    self,
-                    now,
-                    "malformed datagram ({} bytes, {e:?}) from {}",
-                    bytes.len(),
-                    turn.src
-                );
-                return;
-            }
+            Err(e) => return self.dropped(Some(turn), e.into(), 1, out),
         };
         let server_types = usize::from(d.server_key.is_some()) + usize::from(d.reject.is_some());
-        self.stats.unknown_types += (d.unknown + server_types) as u64;
-        self.stats.repeated += d.repeated as u64;
-        self.stats.too_many_items += d.overflow as u64;
+        self.dropped(Some(turn), Drop::ServerToClient, server_types, out);
+        self.dropped(Some(turn), Drop::UnknownType, d.unknown, out);
+        self.dropped(Some(turn), Drop::Repeated, d.repeated, out);
+        self.dropped(Some(turn), Drop::TooManyItems, d.overflow, out);
         if let Some(version) = d.hello {
-            self.handle_hello(now, turn, version, bytes.len(), out);
+            if let Err(why) = self.handle_hello(turn, version, bytes.len(), out) {
+                self.dropped(Some(turn), why, 1, out);
+            }
         }
         if let Some(k) = d.session_key {
-            self.handle_session_key(now, turn, k, out);
+            if let Err(why) = self.handle_session_key(now, turn.src, k, out) {
+                self.dropped(Some(turn), why, 1, out);
+            }
         }
         if !d.has_items() {
             return;
         }
         if self.clients.lookup(&turn.src).is_none() {
-            self.stats.strangers += 1;
-            drop_debug!(self, now, "datagram from unregistered {}", turn.src);
-            self.reject(now, turn, RejectReason::UnknownSession, out);
-            return;
+            return self.dropped(Some(turn), Drop::Stranger, 1, out);
         }
-        for item in d.items() {
+        for (i, item) in d.items().enumerate() {
             // Looked up again for each item: a BYE (or one inside a
             // reassembled payload) may have ended the session.
             let Some(slot) = self.clients.lookup(&turn.src) else {
-                return;
+                let rest = d.items().count() - i;
+                return self.dropped(Some(turn), Drop::AfterBye, rest, out);
             };
-            match item {
-                Item::Token(TokenKind::Welcome, _) => self.stats.unknown_types += 1,
+            let r = match item {
+                Item::Token(TokenKind::Welcome, _) => Err(Drop::ServerToClient),
                 Item::Token(kind, token) => self.handle_token(now, slot, kind, token, out),
                 // A fragment inside a reassembled message would let one message recurse.
-                Item::Fragment(_) if reassembled => self.stats.malformed += 1,
+                Item::Fragment(_) if reassembled => Err(Drop::NestedFragment),
                 Item::Fragment(f) => self.handle_fragment(now, turn, slot, &f, out),
+            };
+            if let Err(why) = r {
+                self.dropped(Some(turn), why, 1, out);
             }
-        }
-    }
-
-    /// Queues a REJECT for the turn's source: one per datagram at most, and
-    /// only within the per-source and global REJECT limits.
-    pub(super) fn reject(
-        &mut self,
-        now: Instant,
-        turn: &mut Turn,
-        reason: RejectReason,
-        out: &mut Transmits,
-    ) {
-        if std::mem::replace(&mut turn.rejected, true) {
-            return;
-        }
-        let dst = turn.src;
-        // Both limits: per source so one address cannot farm REJECTs, and
-        // global so many spoofed sources cannot turn us into a reflector.
-        if self.reject_limiter.try_take(now, &dst) && self.reject_budget.try_take(now) {
-            let d = wire::reject_datagram(reason);
-            out.push(dst, &d);
-            self.stats.rejects_sent += 1;
-            self.stats.datagrams_out += 1;
-            self.stats.bytes_out += d.len() as u64;
-        } else {
-            self.stats.rejects_suppressed += 1;
         }
     }
 }

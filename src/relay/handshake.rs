@@ -11,11 +11,11 @@ use log::info;
 use crate::relay::clients::Client;
 use crate::relay::cookie::{self, ct_eq};
 use crate::relay::dispatch::Turn;
-use crate::relay::stats::Refusal;
+use crate::relay::drop::Drop;
 use crate::relay::{Event, Relay, Timer, Transmits};
 use crate::session::Session;
 use crate::wire::outer::{self, Keyed};
-use crate::wire::{self, inner, tlv, RejectReason};
+use crate::wire::{self, inner, tlv};
 use crate::wire::{FERNET_KEY_LEN, MIN_HELLO_LEN};
 
 /// SESSION_KEY ciphertexts that registered a client, kept for as long as
@@ -80,128 +80,80 @@ impl Relay {
     /// nothing answered it yet.
     pub(super) fn handle_hello(
         &mut self,
-        now: Instant,
         turn: &mut Turn,
         version: Option<u8>,
         len: usize,
         out: &mut Transmits,
-    ) {
-        let src = turn.src;
-        if turn.answered || len < MIN_HELLO_LEN || version != Some(wire::VERSION) {
-            self.stats.hellos_ignored += 1;
-            drop_debug!(self, now, "HELLO from {src} ignored ({len} bytes)");
-            return;
+    ) -> Result<(), Drop> {
+        if len < MIN_HELLO_LEN {
+            return Err(Drop::ShortHello);
+        }
+        if version != Some(wire::VERSION) {
+            return Err(Drop::BadVersion);
+        }
+        if turn.answered {
+            return Err(Drop::HelloRepeated);
         }
         let d = &mut self.emitter.datagram;
         d.clear();
         tlv::put(d, outer::SERVER_KEY, self.key.public_der());
-        tlv::put(d, outer::COOKIE, &self.cookies.issue(src));
+        tlv::put(d, outer::COOKIE, &self.cookies.issue(turn.src));
         // Anti-amplification: never more than 3× what an unvalidated address sent.
         if d.len() > len.saturating_mul(3) {
-            self.stats.hellos_ignored += 1;
-            return;
+            return Err(Drop::Amplification);
         }
-        out.push(src, d);
+        out.push(turn.src, d);
         turn.answered = true;
         self.stats.hellos_answered += 1;
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += d.len() as u64;
-    }
-
-    fn refuse(
-        &mut self,
-        now: Instant,
-        turn: &mut Turn,
-        why: Refusal,
-        reply: Option<RejectReason>,
-        out: &mut Transmits,
-    ) {
-        self.stats.refuse(why);
-        drop_debug!(
-            self,
-            now,
-            "handshake from {} refused: {}",
-            turn.src,
-            why.name()
-        );
-        if let Some(r) = reply {
-            self.reject(now, turn, r, out);
-        }
+        Ok(())
     }
 
     /// Handles the datagram's first SESSION_KEY and the COOKIE beside it.
     pub(super) fn handle_session_key(
         &mut self,
         now: Instant,
-        turn: &mut Turn,
+        src: SocketAddr,
         k: Keyed<'_>,
         out: &mut Transmits,
-    ) {
-        let src = turn.src;
+    ) -> Result<(), Drop> {
         let ciphertext = k.value;
         // Cheap checks first; RSA (~2 ms) only for validated, rate-limited sources.
         if !k.cookie.is_some_and(|c| self.cookies.check(src, c)) {
-            return self.refuse(
-                now,
-                turn,
-                Refusal::BadCookie,
-                Some(RejectReason::BadCookie),
-                out,
-            );
+            return Err(Drop::BadCookie);
         }
         // A SESSION_KEY is accepted once: a replay would re-key (both SEQ
         // windows restart, so old tokens pass again) or re-register a client
         // that left. Silent, and before RSA.
         if self.seen_session_keys.contains(now, ciphertext) {
-            self.stats.replays += 1;
-            drop_debug!(self, now, "SESSION_KEY from {src} replayed");
-            return;
+            return Err(Drop::ReplayedSessionKey);
         }
         if !self.handshake_limiter.try_take(now, &src) {
-            return self.refuse(now, turn, Refusal::RateLimited, None, out);
+            return Err(Drop::RateLimitedAddr);
         }
         let existing = self.clients.lookup(&src);
         if existing.is_none() && self.clients.len() >= self.config.max_clients {
-            return self.refuse(
-                now,
-                turn,
-                Refusal::ServerFull,
-                Some(RejectReason::ServerFull),
-                out,
-            );
+            return Err(Drop::ServerFull);
         }
         if !self.rsa_budget.try_take(now) {
-            return self.refuse(now, turn, Refusal::RsaBudget, None, out);
+            return Err(Drop::RsaBudget);
         }
-        let Some(plain) = self.key.decrypt(ciphertext) else {
-            return self.refuse(
-                now,
-                turn,
-                Refusal::AuthFailed,
-                Some(RejectReason::AuthFailed),
-                out,
-            );
-        };
+        let plain = self.key.decrypt(ciphertext).ok_or(Drop::RsaDecrypt)?;
         let session = plain
             .get(..FERNET_KEY_LEN)
             .and_then(|k| std::str::from_utf8(k).ok())
-            .and_then(Session::new);
+            .and_then(Session::new)
+            .ok_or(Drop::BadFernetKey)?;
         let token = plain.get(FERNET_KEY_LEN..).unwrap_or_default();
-        let token_ok = match &self.config.access_token {
-            Some(want) => ct_eq(want, token),
-            None => true,
-        };
-        let (Some(session), true) = (session, token_ok) else {
-            return self.refuse(
-                now,
-                turn,
-                Refusal::AuthFailed,
-                Some(RejectReason::AuthFailed),
-                out,
-            );
-        };
+        if let Some(want) = &self.config.access_token {
+            if !ct_eq(want, token) {
+                return Err(Drop::BadAccessToken);
+            }
+        }
         self.seen_session_keys.insert(now, ciphertext);
         self.register(now, src, session, existing, out);
+        Ok(())
     }
 
     fn register(
@@ -257,7 +209,7 @@ impl Relay {
                 c.msgs_out += 1;
                 c.bytes_out += n as u64;
             }
-            Err(_) => self.stats.oversize += 1,
+            Err(_) => self.dropped(None, Drop::Oversize, 1, out),
         }
         info!(
             "client {id} {}",
@@ -266,7 +218,7 @@ impl Relay {
         if !rekeyed {
             self.tail.clear();
             tlv::put(&mut self.tail, inner::PEER_JOINED, id.as_bytes());
-            self.fan_out(Some(slot), outer::DATA, out);
+            self.notify(Some(slot), out);
         }
         self.events.push(Event::Joined { id, rekeyed });
     }

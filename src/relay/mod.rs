@@ -22,6 +22,7 @@
 //! - `deliver`: tokens from members, fragments, fan-out, leaving.
 //! - `clients`: the client table.
 //! - `transmit`: output framing and fragmenting.
+//! - [`drop`]: why an input was dropped, counted in one place.
 //! - [`cookie`], [`config`], [`stats`].
 
 /// Logs a dropped input at debug level, within the drop-log budget.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod cookie;
 mod deliver;
 mod dispatch;
+pub mod drop;
 mod handshake;
 pub mod stats;
 #[cfg(test)]
@@ -55,7 +57,7 @@ use crate::relay::config::Config;
 use crate::relay::stats::Stats;
 use crate::session::key::ServerKey;
 use crate::timer::TimerWheel;
-use crate::wire::{inner, outer, tlv, LeaveReason};
+use crate::wire::{inner, tlv, LeaveReason};
 use clients::ClientTable;
 use cookie::CookieJar;
 use dispatch::Turn;
@@ -121,6 +123,9 @@ pub struct Relay {
     events: Vec<Event>,
     stats: Stats,
     started: Instant,
+    /// The time the latest input brought: what drop logging is paced by
+    /// when a drop happens outside a datagram (a kick, a shutdown).
+    clock: Instant,
 }
 
 impl Relay {
@@ -162,6 +167,7 @@ impl Relay {
             events: Vec::new(),
             stats: Stats::default(),
             started: now,
+            clock: now,
             config,
             key,
         }
@@ -232,6 +238,7 @@ impl Relay {
 
     /// Runs the timers due at `now`. Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Transmits) {
+        self.clock = now;
         self.rotate_cookies(now);
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.expire(now, &mut fired);
@@ -241,11 +248,7 @@ impl Relay {
                 Timer::FragmentGc => {
                     self.gc_at = None;
                     let n = self.reassembler.expire(now);
-                    if n > 0 {
-                        self.stats
-                            .reassembly_drop(ReassemblyDrop::Expired, n as u64);
-                        drop_debug!(self, now, "reassembly: {n} stale partial messages dropped");
-                    }
+                    self.dropped(None, ReassemblyDrop::Expired.into(), n, out);
                     self.schedule_gc();
                 }
             }
@@ -298,6 +301,7 @@ impl Relay {
     ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
+        self.clock = now;
         self.rotate_cookies(now);
         let mut turn = Turn::new(src);
         self.handle_payload(now, &mut turn, data, false, out);
@@ -321,7 +325,7 @@ impl Relay {
     pub fn shutdown(&mut self, out: &mut Transmits) {
         self.tail.clear();
         tlv::put(&mut self.tail, inner::SERVER_CLOSING, &[]);
-        self.fan_out(None, outer::DATA, out);
+        self.notify(None, out);
         let n = self.clients.len();
         let reassembler = &mut self.reassembler;
         self.clients

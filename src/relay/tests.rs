@@ -25,7 +25,8 @@ use rsa::PublicKey;
 use crate::client::{ClientCore, ClientEvent, ClientOptions};
 use crate::reassembly::{DropReason, ReassemblyLimits};
 use crate::relay::config::Config;
-use crate::relay::stats::{Refusal, Stats};
+use crate::relay::drop::Drop;
+use crate::relay::stats::Stats;
 use crate::relay::{Event, Relay, Transmits};
 use crate::session::key::ServerKey;
 use crate::wire::fragment;
@@ -330,12 +331,17 @@ fn session_key(der: &[u8], cookie: Option<&[u8]>, plain: &[u8]) -> Vec<u8> {
     d
 }
 
-fn refused(s: &Stats, r: Refusal) -> u64 {
-    s.handshakes_refused[Refusal::ALL.iter().position(|x| *x == r).unwrap()]
+/// Inputs dropped for any of `causes`.
+fn dropped(s: &Stats, causes: &[Drop]) -> u64 {
+    causes.iter().map(|&d| s.dropped(d)).sum()
 }
 
-fn dropped(s: &Stats, r: DropReason) -> u64 {
-    s.reassembly_drops[DropReason::ALL.iter().position(|x| *x == r).unwrap()]
+/// Handshakes refused with REJECT 2.
+const AUTH_FAILED: [Drop; 3] = [Drop::RsaDecrypt, Drop::BadFernetKey, Drop::BadAccessToken];
+
+/// Messages dropped by reassembly for `r`.
+fn reassembly(s: &Stats, r: DropReason) -> u64 {
+    s.dropped(Drop::Reassembly(r))
 }
 
 fn reject(r: RejectReason) -> Vec<u8> {
@@ -398,7 +404,7 @@ fn handshake_welcome_and_peer_joined() {
     }
     let s = net.stats();
     assert_eq!((s.hellos_answered, s.handshakes_completed), (3, 3));
-    assert_eq!(s.handshakes_refused, [0; 5]);
+    assert_eq!(s.dropped_total(), 0);
     assert_eq!(net.relay.client_count(), 3);
 }
 
@@ -413,7 +419,7 @@ fn short_or_wrong_version_hello_ignored() {
     };
     net.deliver(src, &hello(1, 255));
     assert!(net.sent.is_empty());
-    assert_eq!(net.stats().hellos_ignored, 1);
+    assert_eq!(net.stats().dropped(Drop::ShortHello), 1);
     net.deliver(src, &hello(1, 4 + 1));
     net.deliver(src, &hello(2, 256));
     net.deliver(src, &hello(0, 256));
@@ -421,8 +427,9 @@ fn short_or_wrong_version_hello_ignored() {
     net.deliver(src, &plain(&[(outer::HELLO, b""), (0x7777, &[0; 248])]));
     assert!(net.sent.is_empty());
     let s = net.stats();
-    assert_eq!((s.hellos_ignored, s.hellos_answered), (5, 0));
-    assert_eq!(s.unknown_types, 1);
+    let ignored = (s.dropped(Drop::ShortHello), s.dropped(Drop::BadVersion));
+    assert_eq!((ignored, s.hellos_answered), ((2, 3), 0));
+    assert_eq!(s.dropped(Drop::UnknownType), 1);
 
     net.deliver(src, &hello(1, 256));
     assert_eq!(net.sent.len(), 1);
@@ -452,7 +459,7 @@ fn relays_to_every_other_client_once() {
     }
     let s = net.stats();
     assert_eq!((s.messages_relayed, s.deliveries), (3, 6));
-    assert_eq!((s.replays, s.bad_tokens, s.malformed), (0, 0, 0));
+    assert_eq!(s.dropped_total(), 0);
 }
 
 #[test]
@@ -466,14 +473,17 @@ fn anti_replay() {
         .collect();
     net.deliver(net.addr(a), &d[0]);
     net.deliver(net.addr(a), &d[0]);
-    assert_eq!(net.stats().replays, 1);
+    assert_eq!(net.stats().dropped(Drop::Replay), 1);
     net.deliver(net.addr(a), &d[2]);
     net.deliver(net.addr(a), &d[1]);
     net.deliver(net.addr(a), &d[1]);
     let got: Vec<Vec<u8>> = net.messages(b).into_iter().map(|(_, m)| m).collect();
     assert_eq!(got, [b"1", b"3", b"2"]);
     let s = net.stats();
-    assert_eq!((s.replays, s.messages_relayed, s.deliveries), (2, 3, 3));
+    assert_eq!(
+        (s.dropped(Drop::Replay), s.messages_relayed, s.deliveries),
+        (2, 3, 3)
+    );
 
     // Older than the window (1024 here, ≥ 64 per the spec), and SEQ 0.
     let m = net.manual(addr(50001), b"");
@@ -484,7 +494,7 @@ fn anti_replay() {
     net.deliver(m.addr, &m.data_seq(5000 - 1023, b"oldest in window"));
     let got: Vec<Vec<u8>> = net.messages(b).into_iter().map(|(_, m)| m).collect();
     assert_eq!(got, [&b"new"[..], b"oldest in window"]);
-    assert_eq!(net.stats().replays, 4);
+    assert_eq!(net.stats().dropped(Drop::Replay), 4);
 }
 
 #[test]
@@ -501,7 +511,7 @@ fn bad_tokens_malformed_and_unknown_types() {
     let a_token = net.outgoing(a, |c, o| c.send(b"stolen", o)).remove(0);
     net.deliver(ba, &a_token);
     net.deliver(aa, &plain(&[(outer::KEEPALIVE, b"gAAAA")]));
-    assert_eq!(net.stats().bad_tokens, 4);
+    assert_eq!(net.stats().dropped(Drop::BadToken), 4);
     assert_eq!(net.stats().rejects_sent, 0);
 
     // Broken framing drops the whole datagram, before any decryption.
@@ -515,7 +525,7 @@ fn bad_tokens_malformed_and_unknown_types() {
         net.deliver(aa, &d);
     }
     net.deliver(aa, &[0, 5, 0]);
-    assert_eq!(net.stats().malformed, 5);
+    assert_eq!(net.stats().dropped(Drop::Framing), 5);
     assert!(net.messages(b).is_empty());
     // The intact datagram still works: the broken copies burnt no SEQ.
     net.deliver(aa, &good);
@@ -529,7 +539,15 @@ fn bad_tokens_malformed_and_unknown_types() {
     net.deliver(aa, &mixed);
     assert_eq!(net.messages(b), [(net.id(a), b"after junk".to_vec())]);
     let s = net.stats();
-    assert_eq!((s.unknown_types, s.malformed, s.bad_tokens), (4, 5, 4));
+    let skipped = (
+        s.dropped(Drop::UnknownType),
+        s.dropped(Drop::ServerToClient),
+    );
+    assert_eq!(skipped, (2, 2));
+    assert_eq!(
+        (s.dropped(Drop::Framing), s.dropped(Drop::BadToken)),
+        (5, 4)
+    );
     assert_eq!(s.messages_relayed, 2);
     assert!(net.messages(a).is_empty(), "never echoed");
 }
@@ -553,8 +571,11 @@ fn strangers_get_one_rate_limited_reject() {
     assert!(net.take_events(a).is_empty());
     assert_eq!(net.relay.reassembly_bytes(), 0);
     let s = net.stats();
-    assert_eq!((s.strangers, s.rejects_sent, s.fragments_in), (5, 5, 0));
-    assert_eq!((s.messages_relayed, s.bad_tokens), (0, 0));
+    assert_eq!(
+        (s.dropped(Drop::Stranger), s.rejects_sent, s.fragments_in),
+        (5, 5, 0)
+    );
+    assert_eq!((s.messages_relayed, s.dropped_total()), (0, 5));
 
     // A flood from one source earns only a few REJECTs; other sources are unaffected.
     let flooder = addr(50100);
@@ -574,7 +595,7 @@ fn strangers_get_one_rate_limited_reject() {
         net.take_stray(flooder),
         [reject(RejectReason::UnknownSession)]
     );
-    assert_eq!(net.stats().strangers, 5 + 20 + 3);
+    assert_eq!(net.stats().dropped(Drop::Stranger), 5 + 20 + 3);
     assert_eq!(net.stats().rejects_suppressed, 21 - n);
 }
 
@@ -608,8 +629,8 @@ fn cookie_checked_before_rsa() {
     net.deliver(m1, &plain(&[(outer::SESSION_KEY, &[7; 256])]));
     assert_eq!(net.take_stray(m1), [reject(RejectReason::BadCookie)]);
     let s = net.stats();
-    assert_eq!(refused(s, Refusal::BadCookie), 5);
-    assert_eq!(s.handshakes_refused.iter().sum::<u64>(), 5);
+    assert_eq!(s.dropped(Drop::BadCookie), 5);
+    assert_eq!(s.dropped_total(), 5);
     assert_eq!(net.relay.client_count(), 0);
 
     net.deliver(m1, &session_key(&der, Some(&cookie), key.as_bytes()));
@@ -617,7 +638,7 @@ fn cookie_checked_before_rsa() {
     // The budget really was one decryption.
     net.deliver(m2, &session_key(&der, Some(&cookie2), key.as_bytes()));
     assert!(net.take_stray(m2).is_empty());
-    assert_eq!(refused(net.stats(), Refusal::RsaBudget), 1);
+    assert_eq!(net.stats().dropped(Drop::RsaBudget), 1);
 
     // Age: issued at t=0, a cookie works at 60 s and is stale after 120 s.
     let (m3, m4) = (addr(50003), addr(50004));
@@ -631,11 +652,8 @@ fn cookie_checked_before_rsa() {
     net.deliver(m3, &session_key(&der, Some(&c3), key.as_bytes()));
     assert_eq!(net.take_stray(m3), [reject(RejectReason::BadCookie)]);
     let s = net.stats();
-    assert_eq!(refused(s, Refusal::BadCookie), 6);
-    assert_eq!(
-        (s.handshakes_completed, refused(s, Refusal::AuthFailed)),
-        (2, 0)
-    );
+    assert_eq!(s.dropped(Drop::BadCookie), 6);
+    assert_eq!((s.handshakes_completed, dropped(s, &AUTH_FAILED)), (2, 0));
 }
 
 #[test]
@@ -680,7 +698,9 @@ fn access_token_and_bad_session_keys() {
     assert_eq!(net.take_stray(m), [reject(RejectReason::AuthFailed)]);
 
     let s = net.stats();
-    assert_eq!(refused(s, Refusal::AuthFailed), 6);
+    assert_eq!(s.dropped(Drop::BadAccessToken), 4);
+    assert_eq!(s.dropped(Drop::BadFernetKey), 1);
+    assert_eq!(s.dropped(Drop::RsaDecrypt), 1);
     assert_eq!((s.handshakes_completed, net.relay.client_count()), (1, 1));
     net.manual(addr(50002), b"sesame");
 }
@@ -701,7 +721,7 @@ fn server_full() {
         Some(&ClientEvent::Rejected(RejectReason::ServerFull))
     );
     assert_eq!(net.sent.last().unwrap().1, [0, 9, 0, 1, 3]);
-    assert_eq!(refused(net.stats(), Refusal::ServerFull), 1);
+    assert_eq!(net.stats().dropped(Drop::ServerFull), 1);
     assert_eq!(net.relay.client_count(), 2);
     // A registered client may still re-handshake while the table is full.
     net.connect(a);
@@ -713,7 +733,7 @@ fn server_full() {
     assert!(net.peers[c].core.is_established());
     let s = net.stats();
     assert_eq!(
-        (refused(s, Refusal::ServerFull), s.handshakes_completed),
+        (s.dropped(Drop::ServerFull), s.handshakes_completed),
         (1, 4)
     );
 }
@@ -742,7 +762,7 @@ fn handshake_rate_limit_per_source() {
         mark + 1,
         "SERVER_KEY only: no WELCOME, no REJECT"
     );
-    assert_eq!(refused(net.stats(), Refusal::RateLimited), 1);
+    assert_eq!(net.stats().dropped(Drop::RateLimitedAddr), 1);
     // Other sources have their own buckets (the project keys them by ip:port).
     net.joined(ClientOptions::default());
     net.add_at("127.0.0.2:40001".parse().unwrap(), ClientOptions::default());
@@ -754,7 +774,7 @@ fn handshake_rate_limit_per_source() {
     assert!(net.peers[a].core.is_established());
     let s = net.stats();
     assert_eq!(
-        (refused(s, Refusal::RateLimited), s.handshakes_completed),
+        (s.dropped(Drop::RateLimitedAddr), s.handshakes_completed),
         (1, 5)
     );
 }
@@ -788,7 +808,7 @@ fn re_handshake_replaces_key_and_resets_seq() {
     // The old key is gone; the new session starts again at SEQ 1.
     net.deliver_all(net.addr(a), stale);
     assert!(net.messages(b).is_empty());
-    assert_eq!(net.stats().bad_tokens, 1);
+    assert_eq!(net.stats().dropped(Drop::BadToken), 1);
     net.send(a, b"fresh");
     assert_eq!(net.messages(b), [(net.id(a), b"fresh".to_vec())]);
 
@@ -802,7 +822,7 @@ fn re_handshake_replaces_key_and_resets_seq() {
     let old = m.data(b"old key, late");
     let mut m2 = net.manual(m.addr, b"");
     net.deliver(m.addr, &old);
-    assert_eq!(net.stats().bad_tokens, 2);
+    assert_eq!(net.stats().dropped(Drop::BadToken), 2);
     net.deliver(m2.addr, &m2.data(b"new key"));
     net.send(b, b"to m");
     let to_m = net.take_stray(m.addr);
@@ -811,7 +831,8 @@ fn re_handshake_replaces_key_and_resets_seq() {
     let msg = Inner::parse(&p).unwrap();
     assert_eq!((msg.seq, msg.body), (2, Some(&b"to m"[..])));
     let s = net.stats();
-    assert_eq!((s.replays, s.handshakes_completed), (0, 5));
+    let replays = dropped(s, &[Drop::Replay, Drop::ReplayedSessionKey]);
+    assert_eq!((replays, s.handshakes_completed), (0, 5));
     let from_m: Vec<_> = net.messages(b).into_iter().map(|(_, m)| m).collect();
     assert_eq!(from_m.last().unwrap(), b"new key");
     assert_eq!(from_m.len(), 4);
@@ -849,7 +870,10 @@ fn idle_clients_time_out() {
         ]
     );
     assert_eq!(
-        (net.stats().clients_timed_out, net.stats().bad_tokens),
+        (
+            net.stats().clients_timed_out,
+            net.stats().dropped(Drop::BadToken)
+        ),
         (2, 1)
     );
 
@@ -865,7 +889,7 @@ fn idle_clients_time_out() {
         net.take_events(b).last(),
         Some(&ClientEvent::Rejected(RejectReason::UnknownSession))
     );
-    assert_eq!(net.stats().strangers, 1);
+    assert_eq!(net.stats().dropped(Drop::Stranger), 1);
 
     // Then A falls silent: gone exactly one timeout after its last datagram.
     let last = net.now;
@@ -923,7 +947,11 @@ fn bye_kick_and_shutdown() {
     assert!(net.tx.is_empty());
     let s = net.stats();
     assert_eq!(
-        (s.clients_kicked, s.strangers, net.relay.client_count()),
+        (
+            s.clients_kicked,
+            s.dropped(Drop::Stranger),
+            net.relay.client_count()
+        ),
         (1, 1, 1)
     );
     assert_eq!(
@@ -1013,7 +1041,7 @@ fn fragmentation() {
         let mut ds = net.outgoing(a, |c, o| c.send(&body(5000, 3), o));
         edit(&mut ds[1]);
         net.deliver_all(aa, ds[..2].to_vec());
-        assert_eq!(dropped(net.stats(), rule), 1, "{rule}");
+        assert_eq!(reassembly(net.stats(), rule), 1, "{rule}");
         assert_eq!(net.relay.reassembly_bytes(), 0, "{rule}");
     };
     tamper(&mut net, DropReason::Duplicate, &|d| {
@@ -1031,20 +1059,19 @@ fn fragmentation() {
     let ds = net.outgoing(a, |c, o| c.send(&body(30 * 1024, 4), o));
     for d in ds {
         net.deliver(aa, &d);
-        if dropped(net.stats(), DropReason::TooLarge) == 1 {
+        if reassembly(net.stats(), DropReason::TooLarge) == 1 {
             break;
         }
     }
-    assert_eq!(dropped(net.stats(), DropReason::TooLarge), 1);
+    assert_eq!(reassembly(net.stats(), DropReason::TooLarge), 1);
     assert_eq!(net.relay.reassembly_bytes(), 0);
     assert!(net.messages(b).is_empty());
     // A fragment inside a reassembled message is refused, not recursed into.
     let inner_frag = net.outgoing(a, |c, o| c.send(&body(3000, 5), o)).remove(0);
     let mut nested = Vec::new();
     fragment::split(&inner_frag, 300, 77, |d| nested.push(d.to_vec()));
-    let malformed = net.stats().malformed;
     net.deliver_all(aa, nested);
-    assert_eq!(net.stats().malformed, malformed + 1);
+    assert_eq!(net.stats().dropped(Drop::NestedFragment), 1);
     assert_eq!(net.relay.reassembly_bytes(), 0);
 
     // The next message still works.
@@ -1060,15 +1087,16 @@ fn fragmentation() {
     let age = ReassemblyLimits::default().max_age;
     assert!(net.relay.poll_timeout().is_some_and(|t| t <= net.now + age));
     net.advance(age - MS);
-    assert_eq!(dropped(net.stats(), DropReason::Expired), 0);
+    assert_eq!(reassembly(net.stats(), DropReason::Expired), 0);
     net.advance(MS);
-    assert_eq!(dropped(net.stats(), DropReason::Expired), 1);
+    assert_eq!(reassembly(net.stats(), DropReason::Expired), 1);
     assert_eq!(net.relay.reassembly_bytes(), 0);
     assert!(net.messages(b).is_empty());
 
     assert!(net.sent.iter().all(|(_, d)| d.len() <= 1200));
     let s = net.stats();
-    assert_eq!(s.reassembly_drops.iter().sum::<u64>(), 5);
+    let all: u64 = DropReason::ALL.iter().map(|&r| reassembly(s, r)).sum();
+    assert_eq!(all, 5);
     assert_eq!(s.messages_relayed, 3);
 }
 
@@ -1079,8 +1107,12 @@ fn inner_rules() {
     let m = net.manual(addr(50001), b"");
     net.take_events(a);
     let seq = |n: u64| n.to_be_bytes();
-    let bad: [(u16, Vec<u8>); 8] = [
-        (outer::DATA, plain(&[(inner::BODY, b"no seq")])),
+    let bad: [(u16, Vec<u8>, Drop); 8] = [
+        (
+            outer::DATA,
+            plain(&[(inner::BODY, b"no seq")]),
+            Drop::InnerBadField,
+        ),
         (
             outer::DATA,
             plain(&[
@@ -1088,6 +1120,7 @@ fn inner_rules() {
                 (inner::BODY, b"a"),
                 (inner::BODY, b"b"),
             ]),
+            Drop::InnerDuplicate,
         ),
         (
             outer::DATA,
@@ -1096,26 +1129,39 @@ fn inner_rules() {
                 (inner::SEQ, &seq(3)),
                 (inner::BODY, b"x"),
             ]),
+            Drop::InnerDuplicate,
         ),
         (
             outer::DATA,
             plain(&[(inner::SEQ, &[0, 0, 0, 4]), (inner::BODY, b"short seq")]),
+            Drop::InnerBadField,
         ),
-        (outer::DATA, {
-            let mut p = plain(&[(inner::SEQ, &seq(5)), (inner::BODY, b"trailing")]);
-            p.push(0);
-            p
-        }),
-        (outer::DATA, plain(&[(inner::SEQ, &seq(6))])), // DATA without BODY
-        (outer::KEEPALIVE, plain(&[(inner::BODY, b"no seq")])),
+        (
+            outer::DATA,
+            {
+                let mut p = plain(&[(inner::SEQ, &seq(5)), (inner::BODY, b"trailing")]);
+                p.push(0);
+                p
+            },
+            Drop::InnerFraming,
+        ),
+        (outer::DATA, plain(&[(inner::SEQ, &seq(6))]), Drop::NoBody),
+        (
+            outer::KEEPALIVE,
+            plain(&[(inner::BODY, b"no seq")]),
+            Drop::InnerBadField,
+        ),
         (
             outer::BYE,
             plain(&[(inner::SEQ, &seq(7)), (inner::SEQ, &seq(8))]),
+            Drop::InnerDuplicate,
         ),
     ];
-    for (i, (kind, p)) in bad.iter().enumerate() {
+    for (i, (kind, p, why)) in bad.iter().enumerate() {
+        let before = net.stats().dropped(*why);
         net.deliver(m.addr, &m.datagram(*kind, p));
-        assert_eq!(net.stats().malformed, i as u64 + 1, "case {i}");
+        assert_eq!(net.stats().dropped(*why), before + 1, "case {i}");
+        assert_eq!(net.stats().dropped_total(), i as u64 + 1, "case {i}");
     }
     assert!(net.take_events(a).is_empty());
     assert_eq!(
@@ -1124,7 +1170,7 @@ fn inner_rules() {
         "the malformed BYE removed nobody"
     );
     let s = net.stats();
-    assert_eq!((s.messages_relayed, s.bad_tokens, s.replays), (0, 0, 0));
+    assert_eq!((s.messages_relayed, s.dropped_total()), (0, 8));
 
     // SEQs of refused plaintexts were not burnt (except 6, whose token was
     // valid but useless); unknown inner types are skipped.
@@ -1139,7 +1185,8 @@ fn inner_rules() {
     let got: Vec<_> = net.messages(a).into_iter().map(|(_, b)| b).collect();
     assert_eq!(got, [&b"fine"[..], b"seven"]);
     let s = net.stats();
-    assert_eq!((s.messages_relayed, s.replays, s.malformed), (2, 1, 8));
+    assert_eq!((s.messages_relayed, s.dropped(Drop::Replay)), (2, 1));
+    assert_eq!(s.dropped_total(), 9);
 }
 
 #[test]
@@ -1172,7 +1219,11 @@ fn replayed_session_key_and_reflected_tokens_are_refused() {
     assert_eq!(net.stats().handshakes_completed, before);
     net.deliver(src, &old);
     assert!(net.messages(b).is_empty(), "old DATA is still a replay");
-    assert_eq!(net.stats().replays, 2);
+    let s = net.stats();
+    assert_eq!(
+        (s.dropped(Drop::ReplayedSessionKey), s.dropped(Drop::Replay)),
+        (1, 1)
+    );
 
     // A relayed token sent back from its receiver's address is refused: it
     // carries SENDER_ID, which only the server sends.
@@ -1188,6 +1239,6 @@ fn replayed_session_key_and_reflected_tokens_are_refused() {
         .clone();
     net.take_stray(src);
     net.deliver(peer_b, &relayed);
-    assert_eq!(net.stats().replays, 3);
+    assert_eq!(net.stats().dropped(Drop::Reflected), 1);
     assert!(net.take_stray(src).is_empty(), "not relayed as b's message");
 }
