@@ -40,7 +40,7 @@ pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};
 pub use relay::config::Config;
 pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
-pub use relay::{ClientInfo, Event, Relay, Transmits};
+pub use relay::{ClientId, ClientInfo, Event, Relay, Transmits};
 pub use session::key::{fingerprint, hex, ServerKey};
 
 /// The client library: a session with the relay on its own UDP socket.

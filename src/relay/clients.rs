@@ -1,18 +1,57 @@
-//! The client table: registered clients by slot and by address, and the
-//! snapshot the admin channel shows.
+//! The client table: registered clients by slot and by address, their
+//! [`ClientId`], and the snapshot the admin channel shows.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{AddrParseError, SocketAddr};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use crate::session::Session;
 
+/// Who a client is, as the relay and its peers name it: its source address
+/// as the relay sees it. Written `ip:port` (`[v6addr]:port` for IPv6), the
+/// text that CLIENT_ID, SENDER_ID and the peer notices carry and `kick`
+/// takes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId {
+    addr: SocketAddr,
+}
+
+impl ClientId {
+    /// The id of the client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        ClientId { addr }
+    }
+
+    /// The client's source address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+impl FromStr for ClientId {
+    type Err = AddrParseError;
+
+    /// Parses the text [`ClientId`]'s `Display` writes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(ClientId::new)
+    }
+}
+
 /// A registered client.
 pub(super) struct Client {
-    pub(super) addr: SocketAddr,
-    pub(super) id: String,
+    pub(super) id: ClientId,
+    /// `id` as text, as sealed into CLIENT_ID, SENDER_ID and notices.
+    pub(super) id_text: String,
     pub(super) session: Session,
     /// Distinguishes registrations that reuse a slab slot, so stale timers
     /// and fragment buffers never touch a newer client.
@@ -27,8 +66,8 @@ pub(super) struct Client {
 /// A client as the admin channel shows it.
 #[derive(Clone, Debug)]
 pub struct ClientInfo {
-    /// `ip:port`.
-    pub id: String,
+    /// Who it is.
+    pub id: ClientId,
     /// Time since its last authenticated datagram.
     pub idle: Duration,
     /// Tokens received from it.
@@ -85,7 +124,7 @@ impl ClientTable {
 
     /// Registers a client at a new address; returns its slot.
     pub(super) fn insert(&mut self, client: Client) -> usize {
-        let addr = client.addr;
+        let addr = client.id.addr();
         let slot = self.slab.insert(client);
         self.by_addr.insert(addr, slot);
         slot
@@ -94,7 +133,7 @@ impl ClientTable {
     /// Forgets the client in `slot`, if any.
     pub(super) fn remove(&mut self, slot: usize) -> Option<Client> {
         let c = self.slab.try_remove(slot)?;
-        self.by_addr.remove(&c.addr);
+        self.by_addr.remove(&c.id.addr());
         Some(c)
     }
 
@@ -112,5 +151,24 @@ impl ClientTable {
         for c in self.slab.drain() {
             f(c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_text_round_trips() {
+        for text in ["10.0.0.5:40000", "[2001:db8::5]:40000"] {
+            let id: ClientId = text.parse().unwrap();
+            assert_eq!(id.to_string(), text);
+            assert_eq!(id.addr(), text.parse::<SocketAddr>().unwrap());
+        }
+        assert!("nonsense".parse::<ClientId>().is_err());
+        assert!(
+            "10.0.0.5".parse::<ClientId>().is_err(),
+            "a port is part of the id"
+        );
     }
 }

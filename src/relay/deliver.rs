@@ -37,7 +37,7 @@ impl Relay {
             TokenKind::Data => {
                 let body = Inner::parse(&plain)?.body.ok_or(Drop::NoBody)?;
                 self.tail.clear();
-                tlv::put(&mut self.tail, inner::SENDER_ID, c.id.as_bytes());
+                tlv::put(&mut self.tail, inner::SENDER_ID, c.id_text.as_bytes());
                 if body.len() + self.tail.len() + tlv::HEADER_LEN > tlv::MAX_VALUE_LEN {
                     return Err(Drop::Oversize);
                 }
@@ -108,7 +108,7 @@ impl Relay {
                 .session
                 .seal(&mut emitter.plain, |p| p.extend_from_slice(tail));
             let bytes = emitter
-                .token(c.addr, kind, &token, out, stats)
+                .token(c.id.addr(), kind, &token, out, stats)
                 .map_err(|_| Drop::Oversize)?;
             c.msgs_out += 1;
             c.bytes_out += bytes as u64;
@@ -139,7 +139,7 @@ impl Relay {
         }
         info!("client {} left ({})", c.id, reason.name());
         self.tail.clear();
-        tlv::put(&mut self.tail, inner::PEER_LEFT, c.id.as_bytes());
+        tlv::put(&mut self.tail, inner::PEER_LEFT, c.id_text.as_bytes());
         tlv::put_u8(&mut self.tail, inner::REASON, reason as u8);
         self.notify(None, out);
         self.events.push(Event::Left { id: c.id, reason });

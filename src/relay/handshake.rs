@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
-use crate::relay::clients::Client;
+use crate::relay::clients::{Client, ClientId};
 use crate::relay::cookie::{self, ct_eq};
 use crate::relay::dispatch::Turn;
 use crate::relay::drop::Drop;
@@ -175,8 +175,8 @@ impl Relay {
             }
             None => {
                 let slot = self.clients.insert(Client {
-                    addr: src,
-                    id: src.to_string(),
+                    id: ClientId::new(src),
+                    id_text: src.to_string(),
                     session,
                     generation,
                     last_seen: now,
@@ -197,10 +197,12 @@ impl Relay {
             return;
         };
         let plain = &mut self.emitter.plain;
-        let token = c
-            .session
-            .seal(plain, |p| tlv::put(p, inner::CLIENT_ID, c.id.as_bytes()));
+        let token = c.session.seal(plain, |p| {
+            tlv::put(p, inner::CLIENT_ID, c.id_text.as_bytes())
+        });
         let id = c.id.clone();
+        self.tail.clear();
+        tlv::put(&mut self.tail, inner::PEER_JOINED, c.id_text.as_bytes());
         match self
             .emitter
             .token(src, outer::WELCOME, &token, out, &mut self.stats)
@@ -216,8 +218,6 @@ impl Relay {
             if rekeyed { "re-keyed" } else { "joined" }
         );
         if !rekeyed {
-            self.tail.clear();
-            tlv::put(&mut self.tail, inner::PEER_JOINED, id.as_bytes());
             self.notify(Some(slot), out);
         }
         self.events.push(Event::Joined { id, rekeyed });

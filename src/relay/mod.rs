@@ -64,7 +64,7 @@ use dispatch::Turn;
 use handshake::SeenSessionKeys;
 use transmit::Emitter;
 
-pub use clients::ClientInfo;
+pub use clients::{ClientId, ClientInfo};
 pub use transmit::Transmits;
 
 /// Timer wheel resolution.
@@ -82,14 +82,14 @@ pub enum Event {
     /// A client completed a handshake (`rekeyed` when it was registered already).
     Joined {
         /// The client's id.
-        id: String,
+        id: ClientId,
         /// True for a re-handshake of a registered address.
         rekeyed: bool,
     },
     /// A client left.
     Left {
         /// The client's id.
-        id: String,
+        id: ClientId,
         /// Why.
         reason: LeaveReason,
     },
@@ -307,14 +307,10 @@ impl Relay {
         self.handle_payload(now, &mut turn, data, false, out);
     }
 
-    /// Removes the client with this id (`ip:port`); the others get
-    /// PEER_LEFT(kicked). False if no such client.
-    pub fn kick(&mut self, id: &str, out: &mut Transmits) -> bool {
-        let Some(slot) = id
-            .parse::<SocketAddr>()
-            .ok()
-            .and_then(|a| self.clients.lookup(&a))
-        else {
+    /// Removes the client with this id; the others get PEER_LEFT(kicked).
+    /// False if no such client.
+    pub fn kick(&mut self, id: &ClientId, out: &mut Transmits) -> bool {
+        let Some(slot) = self.clients.lookup(&id.addr()) else {
             return false;
         };
         self.remove(slot, LeaveReason::Kicked, out);

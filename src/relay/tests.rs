@@ -27,7 +27,7 @@ use crate::reassembly::{DropReason, ReassemblyLimits};
 use crate::relay::config::Config;
 use crate::relay::drop::Drop;
 use crate::relay::stats::Stats;
-use crate::relay::{Event, Relay, Transmits};
+use crate::relay::{ClientId, Event, Relay, Transmits};
 use crate::session::key::ServerKey;
 use crate::wire::fragment;
 use crate::wire::tlv::{self, Reader};
@@ -120,6 +120,10 @@ impl Net {
 
     fn id(&self, i: usize) -> String {
         self.peers[i].addr.to_string()
+    }
+
+    fn cid(&self, i: usize) -> ClientId {
+        ClientId::new(self.peers[i].addr)
     }
 
     /// Delivers one datagram from `src` to the relay and routes until quiet.
@@ -391,7 +395,7 @@ fn handshake_welcome_and_peer_joined() {
     assert_eq!(
         net.events,
         [Event::Joined {
-            id: "127.0.0.1:40001".into(),
+            id: ClientId::new(addr(40001)),
             rekeyed: false
         }]
     );
@@ -799,7 +803,7 @@ fn re_handshake_replaces_key_and_resets_seq() {
     assert_eq!(
         net.events,
         [Event::Joined {
-            id: net.id(a),
+            id: net.cid(a),
             rekeyed: true
         }]
     );
@@ -904,7 +908,7 @@ fn idle_clients_time_out() {
     assert_eq!(
         net.events.last(),
         Some(&Event::Left {
-            id: net.id(a),
+            id: net.cid(a),
             reason: LeaveReason::Timeout
         })
     );
@@ -930,7 +934,7 @@ fn bye_kick_and_shutdown() {
     assert!(net.take_events(a).is_empty());
     assert_eq!(net.stats().clients_left, 1);
 
-    assert!(net.relay.kick(&net.id(b), &mut net.tx));
+    assert!(net.relay.kick(&net.cid(b), &mut net.tx));
     net.route(&mut VecDeque::new());
     assert_eq!(net.take_events(c), [left(&net.id(b), LeaveReason::Kicked)]);
     assert!(
@@ -942,8 +946,7 @@ fn bye_kick_and_shutdown() {
         net.take_events(b),
         [ClientEvent::Rejected(RejectReason::UnknownSession)]
     );
-    assert!(!net.relay.kick("127.0.0.1:1", &mut net.tx));
-    assert!(!net.relay.kick("nonsense", &mut net.tx));
+    assert!(!net.relay.kick(&ClientId::new(addr(1)), &mut net.tx));
     assert!(net.tx.is_empty());
     let s = net.stats();
     assert_eq!(
@@ -958,11 +961,11 @@ fn bye_kick_and_shutdown() {
         net.events[3..],
         [
             Event::Left {
-                id: net.id(a),
+                id: net.cid(a),
                 reason: LeaveReason::Bye
             },
             Event::Left {
-                id: net.id(b),
+                id: net.cid(b),
                 reason: LeaveReason::Kicked
             }
         ]
