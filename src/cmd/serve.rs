@@ -39,9 +39,12 @@ SECURITY:
 CLIENTS:
     --client-timeout SECS        forget a client after this much silence [default: 60]
     --max-clients N              registered clients at most [default: 1024]
+    --max-clients-per-ip N       registered clients per IPv4 address or IPv6 /64
+                                 (0: no limit) [default: 64]
     --handshake-rate N           handshakes per second per source address [default: 5]
     --handshake-burst N          burst of handshakes per source address [default: 10]
-    --rsa-rate N                 RSA decryptions per second, all sources [default: 200]
+    --rsa-rate N                 RSA decryptions per second, all sources; one IP may
+                                 use a quarter of them [default: 200]
 
 REASSEMBLY (fragments of large messages):
     --reassembly-partials N      partial messages per client [default: 8]
@@ -101,6 +104,8 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         return Err("--client-timeout must be at least 1".into());
     }
     config.max_clients = opt(&mut args, "--max-clients")?.unwrap_or(config.max_clients);
+    config.max_clients_per_ip =
+        opt(&mut args, "--max-clients-per-ip")?.unwrap_or(config.max_clients_per_ip);
     config.handshake_rate = opt(&mut args, "--handshake-rate")?.unwrap_or(config.handshake_rate);
     config.handshake_burst = opt(&mut args, "--handshake-burst")?.unwrap_or(config.handshake_burst);
     config.rsa_rate = opt(&mut args, "--rsa-rate")?.unwrap_or(config.rsa_rate);

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{AddrParseError, SocketAddr};
+use std::net::{AddrParseError, IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::relay::admission::host_of;
 use crate::session::Session;
 
 /// Who a client is, as the relay and its peers name it: its source address
@@ -82,10 +83,14 @@ pub struct ClientInfo {
     pub partials: usize,
 }
 
-/// Registered clients in a slab (stable slots for timers), indexed by address.
+/// Registered clients in a slab (stable slots for timers), indexed by
+/// address, with a session count per host for the per-IP cap.
 pub(super) struct ClientTable {
     slab: Slab<Client>,
     by_addr: HashMap<SocketAddr, usize>,
+    /// Sessions per host ([`host_of`]); hosts with none have no entry, so
+    /// this never outgrows the table.
+    per_host: HashMap<IpAddr, usize>,
     next_generation: u64,
 }
 
@@ -94,12 +99,18 @@ impl ClientTable {
         ClientTable {
             slab: Slab::new(),
             by_addr: HashMap::new(),
+            per_host: HashMap::new(),
             next_generation: 1,
         }
     }
 
     pub(super) fn len(&self) -> usize {
         self.slab.len()
+    }
+
+    /// Sessions held by the host `addr` belongs to.
+    pub(super) fn at_host(&self, addr: &SocketAddr) -> usize {
+        self.per_host.get(&host_of(addr)).copied().unwrap_or(0)
     }
 
     /// The slot of the client registered at `addr`.
@@ -127,13 +138,22 @@ impl ClientTable {
         let addr = client.id.addr();
         let slot = self.slab.insert(client);
         self.by_addr.insert(addr, slot);
+        *self.per_host.entry(host_of(&addr)).or_default() += 1;
         slot
     }
 
     /// Forgets the client in `slot`, if any.
     pub(super) fn remove(&mut self, slot: usize) -> Option<Client> {
         let c = self.slab.try_remove(slot)?;
-        self.by_addr.remove(&c.id.addr());
+        let addr = c.id.addr();
+        self.by_addr.remove(&addr);
+        let host = host_of(&addr);
+        if let Some(n) = self.per_host.get_mut(&host) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_host.remove(&host);
+            }
+        }
         Some(c)
     }
 
@@ -148,6 +168,7 @@ impl ClientTable {
     /// Forgets every client, handing each to `f`.
     pub(super) fn clear(&mut self, mut f: impl FnMut(Client)) {
         self.by_addr.clear();
+        self.per_host.clear();
         for c in self.slab.drain() {
             f(c);
         }

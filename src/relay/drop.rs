@@ -137,10 +137,16 @@ drops! {
         ReplayedSessionKey = "handshake_replayed";
         /// Over the handshake rate of its address (ip and port).
         RateLimitedAddr = "handshake_rate_limited_addr";
+        /// Over its host's share of the RSA budget.
+        RateLimitedIp = "handshake_rate_limited_ip";
         /// The global RSA budget is spent.
         RsaBudget = "handshake_rsa_budget";
+        /// A newcomer while only the reserve of the RSA budget is left.
+        UnderLoad = "handshake_under_load";
         /// The client table is full.
         ServerFull = "handshake_server_full", reject ServerFull;
+        /// Its host holds `max_clients_per_ip` sessions already.
+        IpFull = "handshake_ip_full", reject ServerFull;
         /// The RSA decryption failed.
         RsaDecrypt = "handshake_rsa_decrypt", reject AuthFailed;
         /// The plaintext holds no valid Fernet key.

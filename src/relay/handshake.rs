@@ -1,6 +1,7 @@
 //! The handshake: HELLO answered with SERVER_KEY+COOKIE, COOKIE+SESSION_KEY
-//! checked cheapest first (cookie, replay, limits, table room, RSA budget)
-//! before the RSA decryption, then the client registered and welcomed.
+//! checked cheapest first (cookie, replay, per-address and per-IP limits,
+//! table room, RSA budget: see `admission`) before the RSA decryption, then
+//! the client registered and welcomed.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -129,16 +130,18 @@ impl Relay {
         if self.seen_session_keys.contains(now, ciphertext) {
             return Err(Drop::ReplayedSessionKey);
         }
-        if !self.handshake_limiter.try_take(now, &src) {
-            return Err(Drop::RateLimitedAddr);
-        }
+        self.admission.limit(now, &src)?;
         let existing = self.clients.lookup(&src);
-        if existing.is_none() && self.clients.len() >= self.config.max_clients {
-            return Err(Drop::ServerFull);
+        if existing.is_none() {
+            if self.clients.len() >= self.config.max_clients {
+                return Err(Drop::ServerFull);
+            }
+            let cap = self.config.max_clients_per_ip;
+            if cap > 0 && self.clients.at_host(&src) >= cap {
+                return Err(Drop::IpFull);
+            }
         }
-        if !self.rsa_budget.try_take(now) {
-            return Err(Drop::RsaBudget);
-        }
+        self.admission.spend(now, existing.is_some())?;
         let plain = self.key.decrypt(ciphertext).ok_or(Drop::RsaDecrypt)?;
         let session = plain
             .get(..FERNET_KEY_LEN)

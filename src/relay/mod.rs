@@ -19,6 +19,7 @@
 //! - `dispatch`: one datagram, parsed once, bounded in what it may cost
 //!   and what it may be answered with.
 //! - `handshake`: HELLO and SESSION_KEY, cheap checks before RSA.
+//! - `admission`: who may cost an RSA decryption, fairly between hosts.
 //! - `deliver`: tokens from members, fragments, fan-out, leaving.
 //! - `clients`: the client table.
 //! - `transmit`: output framing and fragmenting.
@@ -34,6 +35,7 @@ macro_rules! drop_debug {
     };
 }
 
+mod admission;
 mod clients;
 pub mod config;
 pub mod cookie;
@@ -58,6 +60,7 @@ use crate::relay::stats::Stats;
 use crate::session::key::ServerKey;
 use crate::timer::TimerWheel;
 use crate::wire::{inner, tlv, LeaveReason};
+use admission::Admission;
 use clients::ClientTable;
 use cookie::CookieJar;
 use dispatch::Turn;
@@ -71,7 +74,7 @@ pub use transmit::Transmits;
 const TICK: Duration = Duration::from_millis(50);
 /// Timer wheel size: 512 × 50 ms covers the default timeouts in one turn.
 const SLOTS: usize = 512;
-/// Slots of the per-source rate-limit tables (fixed memory).
+/// Slots of the per-source REJECT limiter (fixed memory).
 const LIMITER_SLOTS: usize = 4096;
 /// Debug lines about dropped input per second, so a flood cannot flood the log.
 const DROP_LOG_RATE: u32 = 10;
@@ -112,8 +115,7 @@ pub struct Relay {
     timers: TimerWheel<Timer>,
     fired: Vec<Timer>,
     gc_at: Option<Instant>,
-    handshake_limiter: KeyedLimiter,
-    rsa_budget: TokenBucket,
+    admission: Admission,
     reject_limiter: KeyedLimiter,
     reject_budget: TokenBucket,
     drop_log: TokenBucket,
@@ -140,12 +142,7 @@ impl Relay {
             timers: TimerWheel::new(now, TICK, SLOTS),
             fired: Vec::new(),
             gc_at: None,
-            handshake_limiter: KeyedLimiter::new(
-                LIMITER_SLOTS,
-                config.handshake_rate,
-                config.handshake_burst,
-            ),
-            rsa_budget: TokenBucket::new(config.rsa_rate, config.rsa_rate.max(1), now),
+            admission: Admission::new(&config, now),
             reject_limiter: KeyedLimiter::new(
                 LIMITER_SLOTS,
                 config.reject_rate,
