@@ -54,6 +54,12 @@ pub(super) struct Client {
     /// `id` as text, as sealed into CLIENT_ID, SENDER_ID and notices.
     pub(super) id_text: String,
     pub(super) session: Session,
+    /// Digest of the SESSION_KEY ciphertext that registered `session`.
+    pub(super) session_key: u64,
+    /// The WELCOME datagram of `session`, to send again if it was lost.
+    pub(super) welcome: Box<[u8]>,
+    /// When WELCOME was last sent.
+    pub(super) welcome_sent: Instant,
     /// Distinguishes registrations that reuse a slab slot, so stale timers
     /// and fragment buffers never touch a newer client.
     pub(super) generation: u64,

@@ -133,8 +133,12 @@ drops! {
         Amplification = "hello_amplification";
         /// A SESSION_KEY without the cookie issued to its address.
         BadCookie = "handshake_bad_cookie", reject BadCookie;
-        /// A SESSION_KEY ciphertext that registered a session already.
+        /// A SESSION_KEY ciphertext that registered a session already (from
+        /// another address, or after that session ended).
         ReplayedSessionKey = "handshake_replayed";
+        /// A repeat of the SESSION_KEY that registered the session at its
+        /// address, within a second of the last WELCOME.
+        WelcomeResendLimited = "handshake_welcome_resend_limited";
         /// Over the handshake rate of its address (ip and port).
         RateLimitedAddr = "handshake_rate_limited_addr";
         /// Over its host's share of the RSA budget.

@@ -3,77 +3,24 @@
 //! table room, RSA budget: see `admission`) before the RSA decryption, then
 //! the client registered and welcomed.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::info;
 
 use crate::relay::clients::{Client, ClientId};
-use crate::relay::cookie::{self, ct_eq};
+use crate::relay::cookie::ct_eq;
 use crate::relay::dispatch::Turn;
 use crate::relay::drop::Drop;
+use crate::relay::seen;
 use crate::relay::{Event, Relay, Timer, Transmits};
 use crate::session::Session;
 use crate::wire::outer::{self, Keyed};
 use crate::wire::{self, inner, tlv};
 use crate::wire::{FERNET_KEY_LEN, MIN_HELLO_LEN};
 
-/// SESSION_KEY ciphertexts that registered a client, kept for as long as
-/// the cookie that came with them can be valid, so that a captured
-/// COOKIE + SESSION_KEY cannot be replayed to re-key an address (which
-/// resets its SEQ windows and lets old tokens through again) or to register
-/// it again after it left. Two generations of at least two cookie epochs
-/// each; entries are 8 bytes of SHA-256, so memory is bounded by the RSA
-/// budget times four epochs.
-pub(super) struct SeenSessionKeys {
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
-    since: Instant,
-}
-
-impl SeenSessionKeys {
-    /// A cookie is valid for at most two epochs after it was issued.
-    const GENERATION: Duration = Duration::from_secs(2 * cookie::EPOCH.as_secs());
-
-    pub(super) fn new(now: Instant) -> Self {
-        SeenSessionKeys {
-            current: HashSet::new(),
-            previous: HashSet::new(),
-            since: now,
-        }
-    }
-
-    fn digest(ciphertext: &[u8]) -> u64 {
-        use rsa::sha2::{Digest, Sha256};
-        let d = Sha256::digest(ciphertext);
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&d[..8]);
-        u64::from_be_bytes(b)
-    }
-
-    fn rotate(&mut self, now: Instant) {
-        let age = now.saturating_duration_since(self.since);
-        if age >= Self::GENERATION {
-            self.previous = std::mem::take(&mut self.current);
-            if age >= 2 * Self::GENERATION {
-                self.previous.clear();
-            }
-            self.since = now;
-        }
-    }
-
-    fn contains(&mut self, now: Instant, ciphertext: &[u8]) -> bool {
-        self.rotate(now);
-        let d = Self::digest(ciphertext);
-        self.current.contains(&d) || self.previous.contains(&d)
-    }
-
-    fn insert(&mut self, now: Instant, ciphertext: &[u8]) {
-        self.rotate(now);
-        self.current.insert(Self::digest(ciphertext));
-    }
-}
+/// How often a lost WELCOME may be sent again.
+const WELCOME_RESEND: Duration = Duration::from_secs(1);
 
 impl Relay {
     /// Answers the datagram's first HELLO (`version` is its first byte) with
@@ -125,10 +72,12 @@ impl Relay {
             return Err(Drop::BadCookie);
         }
         // A SESSION_KEY is accepted once: a replay would re-key (both SEQ
-        // windows restart, so old tokens pass again) or re-register a client
-        // that left. Silent, and before RSA.
-        if self.seen_session_keys.contains(now, ciphertext) {
-            return Err(Drop::ReplayedSessionKey);
+        // windows restart, so old tokens pass again) or register the key
+        // again elsewhere or later. Before RSA, and silent, except to the
+        // client it registered, whose WELCOME may have been lost.
+        let digest = seen::digest(ciphertext);
+        if self.seen_session_keys.contains(now, digest) {
+            return self.welcome_again(now, src, digest, out);
         }
         self.admission.limit(now, &src)?;
         let existing = self.clients.lookup(&src);
@@ -154,8 +103,38 @@ impl Relay {
                 return Err(Drop::BadAccessToken);
             }
         }
-        self.seen_session_keys.insert(now, ciphertext);
-        self.register(now, src, session, existing, out);
+        self.seen_session_keys.insert(now, digest);
+        self.register(now, src, session, digest, existing, out);
+        Ok(())
+    }
+
+    /// A repeat of a SESSION_KEY ciphertext: if it registered the session
+    /// still live at `src`, its WELCOME datagram goes out again, as it was
+    /// (at most once a second), and nothing else changes.
+    fn welcome_again(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        digest: u64,
+        out: &mut Transmits,
+    ) -> Result<(), Drop> {
+        let c = self
+            .clients
+            .lookup(&src)
+            .and_then(|slot| self.clients.get_mut(slot))
+            .filter(|c| c.session_key == digest && !c.welcome.is_empty())
+            .ok_or(Drop::ReplayedSessionKey)?;
+        if now < c.welcome_sent + WELCOME_RESEND {
+            return Err(Drop::WelcomeResendLimited);
+        }
+        c.welcome_sent = now;
+        let n = self
+            .emitter
+            .again(src, &c.welcome, out, &mut self.stats)
+            .map_err(|_| Drop::Oversize)?;
+        c.msgs_out += 1;
+        c.bytes_out += n as u64;
+        self.stats.welcomes_resent += 1;
         Ok(())
     }
 
@@ -164,6 +143,7 @@ impl Relay {
         now: Instant,
         src: SocketAddr,
         session: Session,
+        session_key: u64,
         existing: Option<usize>,
         out: &mut Transmits,
     ) {
@@ -172,6 +152,7 @@ impl Relay {
             Some((slot, c)) => {
                 self.reassembler.remove_owner(c.generation);
                 c.session = session;
+                c.session_key = session_key;
                 c.generation = generation;
                 c.last_seen = now;
                 (slot, true)
@@ -181,6 +162,9 @@ impl Relay {
                     id: ClientId::new(src),
                     id_text: src.to_string(),
                     session,
+                    session_key,
+                    welcome: Box::default(),
+                    welcome_sent: now,
                     generation,
                     last_seen: now,
                     msgs_in: 0,
@@ -206,6 +190,7 @@ impl Relay {
         let id = c.id.clone();
         self.tail.clear();
         tlv::put(&mut self.tail, inner::PEER_JOINED, c.id_text.as_bytes());
+        c.welcome = Box::default();
         match self
             .emitter
             .token(src, outer::WELCOME, &token, out, &mut self.stats)
@@ -213,6 +198,8 @@ impl Relay {
             Ok(n) => {
                 c.msgs_out += 1;
                 c.bytes_out += n as u64;
+                c.welcome = self.emitter.datagram.as_slice().into();
+                c.welcome_sent = now;
             }
             Err(_) => self.dropped(None, Drop::Oversize, 1, out),
         }

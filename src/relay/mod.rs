@@ -20,6 +20,7 @@
 //!   and what it may be answered with.
 //! - `handshake`: HELLO and SESSION_KEY, cheap checks before RSA.
 //! - `admission`: who may cost an RSA decryption, fairly between hosts.
+//! - `seen`: the SESSION_KEYs that registered a session (no replays).
 //! - `deliver`: tokens from members, fragments, fan-out, leaving.
 //! - `clients`: the client table.
 //! - `transmit`: output framing and fragmenting.
@@ -43,6 +44,7 @@ mod deliver;
 mod dispatch;
 pub mod drop;
 mod handshake;
+mod seen;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -64,7 +66,7 @@ use admission::Admission;
 use clients::ClientTable;
 use cookie::CookieJar;
 use dispatch::Turn;
-use handshake::SeenSessionKeys;
+use seen::SeenSessionKeys;
 use transmit::Emitter;
 
 pub use clients::{ClientId, ClientInfo};

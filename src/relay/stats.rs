@@ -21,6 +21,8 @@ pub struct Stats {
     pub hellos_answered: u64,
     /// Handshakes that ended in WELCOME.
     pub handshakes_completed: u64,
+    /// WELCOMEs sent again for a repeated SESSION_KEY.
+    pub welcomes_resent: u64,
     /// REJECT datagrams sent.
     pub rejects_sent: u64,
     /// REJECTs not sent because of the rate limits.
@@ -55,6 +57,7 @@ impl Default for Stats {
             send_errors: 0,
             hellos_answered: 0,
             handshakes_completed: 0,
+            welcomes_resent: 0,
             rejects_sent: 0,
             rejects_suppressed: 0,
             fragments_in: 0,
@@ -89,7 +92,7 @@ impl Stats {
 
     /// Visits every counter as (name, value), in a stable order.
     pub fn for_each(&self, mut f: impl FnMut(&str, u64)) {
-        let activity: [(&str, u64); 17] = [
+        let activity: [(&str, u64); 18] = [
             ("datagrams_in", self.datagrams_in),
             ("bytes_in", self.bytes_in),
             ("datagrams_out", self.datagrams_out),
@@ -97,6 +100,7 @@ impl Stats {
             ("send_errors", self.send_errors),
             ("hellos_answered", self.hellos_answered),
             ("handshakes_completed", self.handshakes_completed),
+            ("welcomes_resent", self.welcomes_resent),
             ("rejects_sent", self.rejects_sent),
             ("rejects_suppressed", self.rejects_suppressed),
             ("fragments_in", self.fragments_in),

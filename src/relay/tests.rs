@@ -1203,7 +1203,8 @@ fn replayed_session_key_and_reflected_tokens_are_refused() {
     let key = Fernet::generate_key();
     let sk = session_key(&der, Some(&cookie), key.as_bytes());
     net.deliver(src, &sk);
-    assert_eq!(net.take_stray(src).len(), 1, "WELCOME");
+    let welcome = net.take_stray(src);
+    assert_eq!(welcome.len(), 1, "WELCOME");
     let m = Manual {
         addr: src,
         fernet: Fernet::new(&key).unwrap(),
@@ -1213,27 +1214,52 @@ fn replayed_session_key_and_reflected_tokens_are_refused() {
     net.deliver(src, &old);
     net.take_events(b);
 
-    // A captured COOKIE+SESSION_KEY replayed within the cookie's lifetime:
-    // no re-key (which would restart the SEQ window and let `old` pass again).
+    // The same COOKIE+SESSION_KEY again from its address (a lost WELCOME,
+    // or a replay): never a re-key, which would restart the SEQ window and
+    // let `old` pass again. Within a second of the WELCOME, nothing at all.
     let before = net.stats().handshakes_completed;
     net.deliver(src, &sk);
     assert!(
         net.take_stray(src).is_empty(),
-        "silently dropped, no WELCOME"
+        "at most one WELCOME a second"
     );
+    // A second later, the same WELCOME again, byte for byte.
+    net.advance(SEC - MS);
+    net.deliver(src, &sk);
+    assert!(net.take_stray(src).is_empty());
+    net.advance(MS);
+    net.deliver(src, &sk);
+    assert_eq!(net.take_stray(src), welcome);
+    net.deliver(src, &sk);
+    assert!(net.take_stray(src).is_empty());
     assert_eq!(net.stats().handshakes_completed, before);
     net.deliver(src, &old);
     assert!(net.messages(b).is_empty(), "old DATA is still a replay");
     let s = net.stats();
+    assert_eq!(s.welcomes_resent, 1);
     assert_eq!(
-        (s.dropped(Drop::ReplayedSessionKey), s.dropped(Drop::Replay)),
-        (1, 1)
+        (
+            s.dropped(Drop::WelcomeResendLimited),
+            s.dropped(Drop::Replay)
+        ),
+        (3, 1)
     );
+    // The session goes on where it was: SEQ 2 is fresh.
+    net.deliver(src, &m.data_seq(2, b"twice"));
+    assert_eq!(net.messages(b), [(src.to_string(), b"twice".to_vec())]);
+    // From another address, under a cookie valid there: silence.
+    let elsewhere = addr(50003);
+    let (_, cookie2) = net.hello_from(elsewhere);
+    let mut d = plain(&[(outer::COOKIE, &cookie2)]);
+    d.extend_from_slice(&sk[sk.len() - 4 - 256..]);
+    net.deliver(elsewhere, &d);
+    assert!(net.take_stray(elsewhere).is_empty());
+    assert_eq!(net.stats().dropped(Drop::ReplayedSessionKey), 1);
 
     // A relayed token sent back from its receiver's address is refused: it
     // carries SENDER_ID, which only the server sends.
     let peer_b = net.addr(b);
-    net.deliver(src, &m.data_seq(2, b"to b"));
+    net.deliver(src, &m.data_seq(3, b"to b"));
     let relayed = net
         .sent
         .iter()
@@ -1377,4 +1403,45 @@ fn sessions_per_host_are_capped() {
     net.connect(c);
     assert!(net.peers[c].core.is_established());
     assert_eq!(net.relay.client_count(), 3);
+}
+
+#[test]
+fn a_captured_session_key_stays_refused_for_a_day() {
+    const MIN: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+    let mut net = Net::new(Config::default());
+    let src = addr(50002);
+    let (der, cookie) = net.hello_from(src);
+    let key = Fernet::generate_key();
+    let captured = session_key(&der, Some(&cookie), key.as_bytes());
+    net.deliver(src, &captured);
+    assert_eq!(kinds(&net.take_stray(src)[0]), [outer::WELCOME]);
+    let ciphertext = parse(&captured)[1].1.clone();
+    // The captured ciphertext under a fresh cookie of the sender's address.
+    let replay = |net: &mut Net, from: SocketAddr| {
+        let (_, cookie) = net.hello_from(from);
+        let d = plain(&[(outer::COOKIE, &cookie), (outer::SESSION_KEY, &ciphertext)]);
+        net.deliver(from, &d);
+        net.take_stray(from)
+    };
+    // Five minutes on (past what the relay used to remember), from another
+    // address; and from its own, now that its session timed out.
+    net.advance(5 * MIN);
+    assert_eq!(net.relay.client_count(), 0);
+    assert!(replay(&mut net, addr(50003)).is_empty());
+    assert!(replay(&mut net, src).is_empty());
+    // 23 hours on, still refused.
+    net.advance(23 * HOUR);
+    assert!(replay(&mut net, addr(50004)).is_empty());
+    let s = net.stats();
+    assert_eq!(
+        (s.dropped(Drop::ReplayedSessionKey), s.handshakes_completed),
+        (3, 1)
+    );
+    assert_eq!(net.relay.client_count(), 0);
+    // A day after it was accepted it is forgotten: the residual v1 risk
+    // PROTOCOL.md states.
+    net.advance(HOUR);
+    let answer = replay(&mut net, addr(50005));
+    assert_eq!(kinds(&answer[0]), [outer::WELCOME]);
 }

@@ -92,6 +92,19 @@ impl Emitter {
         } = self;
         emit(dst, datagram, *max_datagram, next_msg_id, out, stats)
     }
+
+    /// Queues an outer TLV built earlier (a stored WELCOME) as
+    /// [`Emitter::token`] would: the same bytes when it fits one datagram.
+    pub(super) fn again(
+        &mut self,
+        dst: SocketAddr,
+        datagram: &[u8],
+        out: &mut Transmits,
+        stats: &mut Stats,
+    ) -> Result<usize, Oversize> {
+        let max = self.max_datagram;
+        emit(dst, datagram, max, &mut self.next_msg_id, out, stats)
+    }
 }
 
 fn emit(
