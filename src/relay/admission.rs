@@ -32,14 +32,13 @@ use std::time::Instant;
 use crate::ratelimit::{KeyedLimiter, TokenBucket};
 use crate::relay::config::Config;
 use crate::relay::drop::Drop;
+use crate::relay::LIMITER_SLOTS;
 
 /// One IP may use at most 1/`IP_SHARES` of the RSA budget.
 const IP_SHARES: u32 = 4;
 /// The last 1/`RESERVE_SHARES` of the RSA budget is kept for addresses that
 /// hold a session.
 const RESERVE_SHARES: u32 = 4;
-/// Slots of each keyed limiter table.
-const SLOTS: usize = 4096;
 
 /// The host a source address belongs to, for per-IP limits and caps: the
 /// IPv4 address, or the /64 prefix of an IPv6 one (IPv4-mapped IPv6
@@ -69,8 +68,12 @@ impl Admission {
     pub(super) fn new(config: &Config, now: Instant) -> Self {
         let share = (config.rsa_rate / IP_SHARES).max(1);
         Admission {
-            per_addr: KeyedLimiter::new(SLOTS, config.handshake_rate, config.handshake_burst),
-            per_ip: KeyedLimiter::new(SLOTS, share, share),
+            per_addr: KeyedLimiter::new(
+                LIMITER_SLOTS,
+                config.handshake_rate,
+                config.handshake_burst,
+            ),
+            per_ip: KeyedLimiter::new(LIMITER_SLOTS, share, share),
             budget: TokenBucket::new(config.rsa_rate, config.rsa_rate.max(1), now),
             reserve: config.rsa_rate / RESERVE_SHARES,
         }

@@ -241,10 +241,12 @@ impl Relay {
             return;
         }
         self.stats.count(why, n as u64);
-        let now = self.clock;
-        match &turn {
-            Some(t) => drop_debug!(self, now, "dropped from {}: {why} ×{n}", t.src),
-            None => drop_debug!(self, now, "dropped: {why} ×{n}"),
+        // Within a budget of lines per second, so a flood cannot flood the log.
+        if log::log_enabled!(log::Level::Debug) && self.drop_log.try_take(self.clock) {
+            match &turn {
+                Some(t) => log::debug!("dropped from {}: {why} ×{n}", t.src),
+                None => log::debug!("dropped: {why} ×{n}"),
+            }
         }
         if let (Some(turn), Some(reason)) = (turn, why.reject()) {
             self.reject(turn, reason, out);

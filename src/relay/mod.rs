@@ -27,15 +27,6 @@
 //! - [`drop`]: why an input was dropped, counted in one place.
 //! - [`cookie`], [`config`], [`stats`].
 
-/// Logs a dropped input at debug level, within the drop-log budget.
-macro_rules! drop_debug {
-    ($self:ident, $now:expr, $($arg:tt)+) => {
-        if log::log_enabled!(log::Level::Debug) && $self.drop_log.try_take($now) {
-            log::debug!($($arg)+);
-        }
-    };
-}
-
 mod admission;
 mod clients;
 pub mod config;
@@ -76,7 +67,7 @@ pub use transmit::Transmits;
 const TICK: Duration = Duration::from_millis(50);
 /// Timer wheel size: 512 × 50 ms covers the default timeouts in one turn.
 const SLOTS: usize = 512;
-/// Slots of the per-source REJECT limiter (fixed memory).
+/// Slots of each per-source rate-limit table (fixed memory).
 const LIMITER_SLOTS: usize = 4096;
 /// Debug lines about dropped input per second, so a flood cannot flood the log.
 const DROP_LOG_RATE: u32 = 10;
@@ -127,8 +118,9 @@ pub struct Relay {
     events: Vec<Event>,
     stats: Stats,
     started: Instant,
-    /// The time the latest input brought: what drop logging is paced by
-    /// when a drop happens outside a datagram (a kick, a shutdown).
+    /// The time the latest input brought. Drop logging and the REJECT
+    /// limits run on it, so a drop outside a datagram (during a kick or a
+    /// shutdown) needs no time of its own.
     clock: Instant,
 }
 
