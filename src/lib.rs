@@ -40,8 +40,9 @@ pub use net::server::{Server, Signals};
 pub use net::socket::{open_udp, Listen, UdpSockets, DEFAULT_GROUP_V4, DEFAULT_GROUP_V6};
 pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};
 pub use relay::config::Config;
+pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
-pub use relay::{ClientInfo, Event, Relay, Transmits};
+pub use relay::{ClientId, ClientInfo, Event, Relay, Transmits};
 pub use session::fernet;
 pub use session::key::{fingerprint, hex, ServerKey};
 

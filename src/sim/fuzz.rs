@@ -909,7 +909,9 @@ impl Sim {
                     .parse::<SocketAddr>()
                     .is_ok_and(|a| self.registered.contains(&a.to_string()));
                 self.out.clear();
-                let kicked = self.relay.kick(&id, &mut self.out);
+                let kicked = id
+                    .parse()
+                    .is_ok_and(|id| self.relay.kick(&id, &mut self.out));
                 assert_eq!(kicked, expected, "kick({id:?}) result");
                 self.after_relay(None, 0, false);
             }
@@ -1108,7 +1110,7 @@ impl Sim {
             .relay
             .clients(self.now)
             .into_iter()
-            .find(|c| &c.id == id)
+            .find(|c| c.id.to_string() == *id)
             .map_or(usize::MAX, |c| c.partials);
         partials == 0
             && limits.max_partials_per_owner > 0
@@ -1332,6 +1334,7 @@ impl Sim {
             }
             match e {
                 Event::Joined { id, rekeyed } => {
+                    let id = id.to_string();
                     let i = self.clients.iter().position(|c| c.id == id);
                     assert!(i.is_some(), "a non-client address {id} registered");
                     assert_eq!(
@@ -1347,6 +1350,7 @@ impl Sim {
                     }
                 }
                 Event::Left { id, reason } => {
+                    let id = id.to_string();
                     assert!(
                         self.registered.remove(&id),
                         "{id} left ({reason:?}) unregistered"
@@ -1483,7 +1487,7 @@ impl Sim {
         assert_eq!(self.relay.client_count(), self.registered.len());
         for c in self.relay.clients(self.now) {
             assert!(c.partials <= limits.max_partials_per_owner);
-            assert!(self.registered.contains(&c.id));
+            assert!(self.registered.contains(&c.id.to_string()));
         }
         assert!(self.relay.poll_timeout().is_some());
     }
