@@ -10,6 +10,8 @@
 //! the same datagrams, byte for byte, which is what lets unit tests and
 //! fuzzers drive it with a fake clock and replay a failure exactly.
 
+#[cfg(test)]
+mod clock_tests;
 pub mod config;
 pub mod cookie;
 pub mod stats;

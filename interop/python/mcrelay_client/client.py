@@ -313,6 +313,10 @@ class Client:
             self._dropped += 1
             return
         try:
+            # No ttl, on purpose: without one, cryptography (>= 1.2) checks
+            # neither the token's age nor how far ahead of our clock it is
+            # stamped. Clocks on routers and boards are often wrong; the SEQ
+            # window below is what refuses replays (protocol v2 section 7).
             inner = protocol.parse_inner(self._fernet.decrypt(token))
         except (InvalidToken, Malformed, ValueError, TypeError):
             self._dropped += 1
