@@ -3,7 +3,9 @@
 //!
 //! The layers, from the bytes up:
 //! - [`wire`]: bytes to values and back; no state, no clock, no crypto.
-//! - `session`: the pairwise Fernet session, its replay window, the RSA key.
+//! - `session`: the pairwise Fernet session, its replay window, the RSA key,
+//!   and the Fernet token format itself ([`fernet`]: no timestamp checks,
+//!   IV and time from the caller).
 //! - `relay`: the server's sans-IO core, [`Relay`]. It takes the caller's
 //!   time, randomness and datagrams and returns datagrams to send; it owns
 //!   no socket and reads no clock, so tests and fuzzers drive it

@@ -33,6 +33,8 @@
 
 mod admission;
 mod clients;
+#[cfg(test)]
+mod clock_tests;
 pub mod config;
 pub mod cookie;
 mod deliver;
