@@ -5,8 +5,7 @@
 //! (a coarser unit would round every small refill down to zero and starve frequently polled buckets).
 //! The largest capacity, `u32::MAX` tokens, is about 4.3e18 units and fits in a `u64`.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
 /// Credit units per token.
@@ -109,28 +108,30 @@ struct Slot {
 
 /// A fixed-size table of buckets indexed by a keyed hash of the source (e.g. `IpAddr` or `SocketAddr`), so memory is
 /// bounded whatever the number of sources: colliding sources share a bucket (acceptable: it only makes the limit
-/// stricter). Hash key from `std::collections::hash_map::RandomState` so an outsider cannot aim collisions.
+/// stricter). The hash is keyed with 128 secret bits the owner draws from its (seeded) generator, so an outsider
+/// cannot aim collisions, and a seeded core still decides the same way on every run.
 ///
 /// A slot that was never used starts full; a slot that has been idle for `burst / rate` seconds has refilled to
 /// full, so stale slots need no separate expiry pass.
 #[derive(Debug)]
 pub struct KeyedLimiter {
     params: Params,
-    hasher: RandomState,
+    hash_key: [u64; 2],
     slots: Box<[Slot]>,
 }
 
 impl KeyedLimiter {
     /// Allocates `slots` buckets (at least 1) once; nothing is allocated afterwards, whatever traffic arrives.
+    /// `hash_key` keys the slot hash (secret, random).
     #[must_use]
-    pub fn new(slots: usize, rate_per_sec: u32, burst: u32) -> Self {
+    pub fn new(slots: usize, rate_per_sec: u32, burst: u32, hash_key: [u64; 2]) -> Self {
         let empty = Slot {
             credit: 0,
             last: None,
         };
         KeyedLimiter {
             params: Params::new(rate_per_sec, burst),
-            hasher: RandomState::new(),
+            hash_key,
             slots: vec![empty; slots.max(1)].into_boxed_slice(),
         }
     }
@@ -139,7 +140,12 @@ impl KeyedLimiter {
     fn slot<K: Hash>(&self, key: &K) -> usize {
         let n = self.slots.len() as u64;
         // The remainder is below the slot count, so it always fits back into usize.
-        usize::try_from(self.hasher.hash_one(key) % n).unwrap_or(0)
+        // SipHash (DefaultHasher::new is fixed-keyed) over secret key || source:
+        // the secret prefix keys the hash.
+        let mut h = DefaultHasher::new();
+        self.hash_key.hash(&mut h);
+        key.hash(&mut h);
+        usize::try_from(h.finish() % n).unwrap_or(0)
     }
 
     /// True when `a` and `b` share a bucket (tests pick sources that do not).
@@ -270,7 +276,7 @@ mod tests {
     #[test]
     fn keyed_burst_refusal_and_refill() {
         let base = Instant::now();
-        let mut l = KeyedLimiter::new(64, 2, 3);
+        let mut l = KeyedLimiter::new(64, 2, 3, [1, 2]);
         let k = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         assert!((0..3).all(|_| l.try_take(base, &k)));
         assert!(!l.try_take(base, &k));
@@ -285,7 +291,7 @@ mod tests {
     #[test]
     fn keyed_rate_zero() {
         let base = Instant::now();
-        let mut l = KeyedLimiter::new(16, 0, 2);
+        let mut l = KeyedLimiter::new(16, 0, 2, [1, 2]);
         let k = SocketAddr::from(([198, 51, 100, 7], 4242));
         assert!(l.try_take(base, &k));
         assert!(l.try_take(ms(base, 1), &k));
@@ -295,7 +301,7 @@ mod tests {
     #[test]
     fn keyed_independent_sources() {
         let base = Instant::now();
-        let mut l = KeyedLimiter::new(4096, 1, 2);
+        let mut l = KeyedLimiter::new(4096, 1, 2, [1, 2]);
         let a = SocketAddr::from(([203, 0, 113, 1], 5000));
         // Pick a second key that does not collide with `a` under this run's random hash key; with 4096 slots the
         // first candidate almost always works.
@@ -315,7 +321,7 @@ mod tests {
     #[test]
     fn keyed_memory_is_bounded() {
         let base = Instant::now();
-        let mut l = KeyedLimiter::new(256, 1, 1);
+        let mut l = KeyedLimiter::new(256, 1, 1, [1, 2]);
         let bytes = std::mem::size_of::<Slot>() * l.slots.len();
         assert_eq!(l.slots.len(), 256);
         for i in 0..100_000u32 {
@@ -335,7 +341,7 @@ mod tests {
     #[test]
     fn keyed_zero_slots_is_clamped() {
         let base = Instant::now();
-        let mut l = KeyedLimiter::new(0, 1, 1);
+        let mut l = KeyedLimiter::new(0, 1, 1, [1, 2]);
         assert_eq!(l.slots.len(), 1);
         assert!(l.try_take(base, &1u8));
         assert!(!l.try_take(base, &2u8));

@@ -65,15 +65,17 @@ pub(super) struct Admission {
 }
 
 impl Admission {
-    pub(super) fn new(config: &Config, now: Instant) -> Self {
+    /// `hash_keys` key the two per-source tables (drawn from the core's generator).
+    pub(super) fn new(config: &Config, now: Instant, hash_keys: [[u64; 2]; 2]) -> Self {
         let share = (config.rsa_rate / IP_SHARES).max(1);
         Admission {
             per_addr: KeyedLimiter::new(
                 LIMITER_SLOTS,
                 config.handshake_rate,
                 config.handshake_burst,
+                hash_keys[0],
             ),
-            per_ip: KeyedLimiter::new(LIMITER_SLOTS, share, share),
+            per_ip: KeyedLimiter::new(LIMITER_SLOTS, share, share, hash_keys[1]),
             budget: TokenBucket::new(config.rsa_rate, config.rsa_rate.max(1), now),
             reserve: config.rsa_rate / RESERVE_SHARES,
         }
@@ -143,7 +145,7 @@ mod tests {
             handshake_burst: 1000,
             ..Config::default()
         };
-        let mut a = Admission::new(&config, t);
+        let mut a = Admission::new(&config, t, [[1, 2], [3, 4]]);
         // Hosts whose per-IP buckets differ under this run's hash key.
         let mut hosts: Vec<SocketAddr> = Vec::new();
         for n in 1..=u8::MAX {

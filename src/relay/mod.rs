@@ -158,11 +158,12 @@ impl Relay {
             timers: TimerWheel::new(now, TICK, SLOTS),
             fired: Vec::new(),
             gc_at: None,
-            admission: Admission::new(&config, now),
+            admission: Admission::new(&config, now, [rng.random(), rng.random()]),
             reject_limiter: KeyedLimiter::new(
                 LIMITER_SLOTS,
                 config.reject_rate,
                 config.reject_rate.max(1) * 2,
+                rng.random(),
             ),
             reject_budget: TokenBucket::new(
                 config.reject_global_rate,
