@@ -866,9 +866,39 @@ impl Sim {
                     self.deliver_to_relay(addr, d, Origin::Core(i));
                 }
             }
-            4 | 15 => {
+            4 => {
                 let d = input.blob(2)?.to_vec();
                 self.deliver_to_relay(addr, d, Origin::Other);
+            }
+            15 => {
+                // Many tiny TLVs of one type in one datagram, from a member's
+                // address or a stranger's: the shapes that once cost a rescan
+                // per TLV or earned one answer per TLV.
+                let kind = [
+                    outer::HELLO,
+                    outer::SESSION_KEY,
+                    outer::COOKIE,
+                    outer::DATA,
+                    outer::KEEPALIVE,
+                    outer::BYE,
+                    outer::FRAGMENT,
+                    outer::REJECT,
+                    outer::WELCOME,
+                    0x7777,
+                ][usize::from(input.u8()?) % 10];
+                let value = input.blob(1)?;
+                let per = tlv::HEADER_LEN + value.len();
+                let count = usize::from(input.u16()?).min(65_507 / per);
+                let mut d = Vec::with_capacity(count * per);
+                for _ in 0..count {
+                    tlv::put(&mut d, kind, value);
+                }
+                let src = if b & 0x40 != 0 {
+                    stranger_addr(b >> 7)
+                } else {
+                    addr
+                };
+                self.deliver_to_relay(src, d, Origin::Other);
             }
             5 => {
                 let s = input.u8()?;
@@ -1397,6 +1427,17 @@ impl Sim {
             }
         }
         if let Some(src) = src {
+            // One datagram, one answer: at most one SERVER_KEY and one REJECT.
+            let to = |kind| {
+                sent.iter()
+                    .filter(|(dst, d)| *dst == src && has_type(d, kind))
+                    .count()
+            };
+            assert!(
+                to(outer::SERVER_KEY) <= 1,
+                "several SERVER_KEYs for one datagram"
+            );
+            assert!(to(outer::REJECT) <= 1, "several REJECTs for one datagram");
             if unvalidated {
                 assert!(
                     to_src <= len.saturating_mul(3),
