@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod federation;
 mod net;
 mod ratelimit;
 mod reassembly;
