@@ -11,5 +11,8 @@
 //! The socket itself is `net::nats`; the relay core knows none of this and
 //! talks to [`link::Link`] through its publish calls and events.
 
+pub mod link;
 pub mod msg;
 pub mod nats;
+#[cfg(test)]
+mod tests;

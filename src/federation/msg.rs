@@ -70,6 +70,10 @@ pub fn valid_relay_name(name: &str) -> bool {
 
 /// A member id we pass on: UTF-8, 1..=255 bytes, no control characters
 /// (it ends up on other people's terminals).
+pub fn valid_member_id(id: &str) -> bool {
+    member_id(id.as_bytes()).is_some()
+}
+
 fn member_id(v: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(v).ok()?;
     let ok = (1..=MAX_MEMBER_ID).contains(&v.len()) && !s.chars().any(char::is_control);
