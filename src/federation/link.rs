@@ -29,7 +29,7 @@
 //! periods is gone: its members leave with REASON 6 (unreachable).
 
 use std::collections::{BTreeSet, VecDeque};
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -37,15 +37,17 @@ use log::{debug, info, warn};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::federation::msg::{self, Accepted, Inbox, Kind, Members, Refused, Sealer};
-use crate::federation::nats::{self, Auth, Decoder, ServerInfo, ServerOp};
+use crate::federation::config::{ConfigError, LinkConfig};
+use crate::federation::inbox::Inbox;
+use crate::federation::json::{self, Auth, ServerInfo};
+use crate::federation::members::{Book, LinkEvent, LinkStats, Remote, RemoteRelay};
+use crate::federation::msg::{self, Kind, Members, Sealer};
+use crate::federation::nats::{self, Decoder, ServerOp};
 use crate::ratelimit::TokenBucket;
 use crate::session::fernet::FernetKey;
 use crate::session::UnixClock;
 use crate::wire::tlv;
 
-/// The REASON a member of a silent relay leaves with (protocol v2).
-pub const REASON_UNREACHABLE: u8 = 6;
 /// Silent announce periods after which a relay is gone.
 pub const SILENT_PERIODS: u32 = 3;
 /// Our keepalive PING interval.
@@ -70,83 +72,6 @@ const SID: &str = "1";
 /// Debug lines about drops per second.
 const DROP_LOG_RATE: u32 = 10;
 
-/// Settings of a link; [`LinkConfig::new`] fills in the defaults.
-#[derive(Clone, Debug)]
-pub struct LinkConfig {
-    /// Seed servers, tried first and always kept.
-    pub servers: Vec<SocketAddr>,
-    /// The federation subject.
-    pub subject: String,
-    /// This relay's name, unique in the federation.
-    pub relay_name: String,
-    /// Credentials for CONNECT.
-    pub auth: Auth,
-    /// How often the member list is announced [default 5 s].
-    pub announce_period: Duration,
-    /// Messages kept while no server is up [default 4096].
-    pub buffer_messages: usize,
-    /// Bytes kept while no server is up [default 4 MiB].
-    pub buffer_bytes: usize,
-    /// Remote relays tracked [default 64].
-    pub max_relays: usize,
-    /// Remote members tracked, all relays together [default 100000].
-    pub max_remote_members: usize,
-    /// Largest payload buffered when received [default 1 MiB].
-    pub max_payload: usize,
-}
-
-impl LinkConfig {
-    /// A configuration with the defaults.
-    pub fn new(servers: Vec<SocketAddr>, subject: &str, relay_name: &str) -> Self {
-        LinkConfig {
-            servers,
-            subject: subject.to_owned(),
-            relay_name: relay_name.to_owned(),
-            auth: Auth::None,
-            announce_period: Duration::from_secs(5),
-            buffer_messages: 4096,
-            buffer_bytes: 4 * 1024 * 1024,
-            max_relays: 64,
-            max_remote_members: 100_000,
-            max_payload: nats::DEFAULT_MAX_PAYLOAD,
-        }
-    }
-}
-
-/// A configuration the link refuses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConfigError {
-    /// No seed server.
-    NoServers,
-    /// The subject is not a plain NATS subject (`nats::valid_subject`).
-    BadSubject(String),
-    /// The relay name is not `[A-Za-z0-9._-]{1,64}`.
-    BadRelayName(String),
-    /// A zero announce period.
-    BadPeriod,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::NoServers => f.write_str("no NATS server given"),
-            ConfigError::BadSubject(s) => write!(
-                f,
-                "federation subject '{s}': use dot-separated letters, digits, '-' and '_'"
-            ),
-            ConfigError::BadRelayName(s) => {
-                write!(
-                    f,
-                    "relay name '{s}': use 1-64 letters, digits, '.', '-' and '_'"
-                )
-            }
-            ConfigError::BadPeriod => f.write_str("the announce period must be positive"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// What the shell must do with the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -154,39 +79,6 @@ pub enum Action {
     Connect(SocketAddr),
     /// Drop the current connection (the link already knows).
     Close,
-}
-
-/// What the relay learns from the federation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkEvent {
-    /// A member of another relay sent a message.
-    RemoteMessage {
-        /// The relay it came through.
-        relay: String,
-        /// `RELAY/ID`: the SENDER_ID to relay it under.
-        sender_id: String,
-        /// The application bytes.
-        body: Vec<u8>,
-    },
-    /// A member of another relay joined (or was first heard of).
-    RemoteJoined {
-        /// `RELAY/ID`.
-        id: String,
-    },
-    /// A member of another relay left.
-    RemoteLeft {
-        /// `RELAY/ID`.
-        id: String,
-        /// REASON code; [`REASON_UNREACHABLE`] when its relay went silent,
-        /// restarted, or stopped listing it.
-        reason: u8,
-    },
-    /// A relay was silent for [`SILENT_PERIODS`] announce periods; the
-    /// `RemoteLeft` events of its members came just before.
-    RelayGone {
-        /// Its name.
-        relay: String,
-    },
 }
 
 /// The connection as the admin channel shows it.
@@ -207,72 +99,16 @@ pub enum LinkState {
         /// The server.
         server: SocketAddr,
     },
-}
-
-/// A remote relay as the admin channel shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteRelay {
-    /// Its name.
-    pub name: String,
-    /// Members known.
-    pub members: usize,
-    /// Time since it was last heard.
-    pub silent_for: Duration,
-    /// Heard within the last two announce periods.
-    pub alive: bool,
-}
-
-/// Counters since start.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkStats {
-    /// Federation messages written to NATS.
-    pub published: u64,
-    /// Federation messages accepted from NATS.
-    pub received: u64,
-    /// Dropped: not a well-formed federation message.
-    pub dropped_malformed: u64,
-    /// Dropped: not sealed with the federation key.
-    pub dropped_unsealed: u64,
-    /// Dropped: replayed, too old, or from an earlier run of its relay.
-    pub dropped_replayed: u64,
-    /// Dropped: sent under our own name.
-    pub dropped_own: u64,
-    /// Dropped: the oldest buffered message, when the buffer was full.
-    pub dropped_overflow: u64,
-    /// Dropped: larger than a payload may be (sent or received), or a
-    /// local id that is no valid member id.
-    pub dropped_oversize: u64,
-    /// Dropped: from a new relay while the relay table was full.
-    pub dropped_too_many_relays: u64,
-    /// Remote members not tracked because the member table was full.
-    pub dropped_members_full: u64,
-    /// Connections established after the first.
-    pub reconnects: u64,
-    /// -ERR lines from servers.
-    pub server_errors: u64,
-}
-
-impl LinkStats {
-    /// Calls `f` with each counter's name and value.
-    pub fn for_each(&self, mut f: impl FnMut(&str, u64)) {
-        f("published", self.published);
-        f("received", self.received);
-        f("dropped_malformed", self.dropped_malformed);
-        f("dropped_unsealed", self.dropped_unsealed);
-        f("dropped_replayed", self.dropped_replayed);
-        f("dropped_own", self.dropped_own);
-        f("dropped_overflow", self.dropped_overflow);
-        f("dropped_oversize", self.dropped_oversize);
-        f("dropped_too_many_relays", self.dropped_too_many_relays);
-        f("dropped_members_full", self.dropped_members_full);
-        f("reconnects", self.reconnects);
-        f("server_errors", self.server_errors);
-    }
+    /// Shut down ([`Link::shutdown`]). A link shut down while connected
+    /// says `Connected` until the connection ends, so its last bytes go out.
+    Closed,
 }
 
 enum Conn {
     /// Next attempt at `at`.
     Idle { at: Instant },
+    /// Shut down: never connects again.
+    Closed,
     /// Asked for a connection; `got_info` once CONNECT went out.
     Handshake {
         server: SocketAddr,
@@ -288,30 +124,6 @@ enum Conn {
     },
 }
 
-/// A remote relay's members, and the announce round being received.
-#[derive(Default, Debug)]
-pub struct Remote {
-    members: BTreeSet<String>,
-    round: Option<Round>,
-}
-
-#[derive(Debug)]
-struct Round {
-    round: u32,
-    next_part: u16,
-    parts: u16,
-    members: BTreeSet<String>,
-}
-
-/// The parts of the link that handle accepted messages, apart from the
-/// decoder so both can be borrowed at once.
-struct Book {
-    events: VecDeque<LinkEvent>,
-    stats: LinkStats,
-    remote_total: usize,
-    max_remote: usize,
-}
-
 /// The federation link of one relay.
 pub struct Link {
     config: LinkConfig,
@@ -320,6 +132,8 @@ pub struct Link {
     conn: Conn,
     /// Failed attempts since the last working connection.
     attempts: u32,
+    /// [`Link::shutdown`] was called.
+    closing: bool,
     ever_up: bool,
     decoder: Decoder,
     /// Max payload of the current server.
@@ -376,6 +190,7 @@ impl Link {
             next_server: 0,
             conn: Conn::Idle { at: now },
             attempts: 0,
+            closing: false,
             ever_up: false,
             decoder: Decoder::new(config.max_payload),
             server_max_payload: config.max_payload,
@@ -386,12 +201,7 @@ impl Link {
             actions: VecDeque::new(),
             sealer: Sealer::new(key.clone(), &config.relay_name, instance, unix_ms),
             inbox: Inbox::new(key, &config.relay_name, config.max_relays),
-            book: Book {
-                events: VecDeque::new(),
-                stats: LinkStats::default(),
-                remote_total: 0,
-                max_remote: config.max_remote_members,
-            },
+            book: Book::new(config.max_remote_members),
             local: BTreeSet::new(),
             round: 0,
             scratch: Vec::with_capacity(2048),
@@ -416,6 +226,7 @@ impl Link {
     pub fn state(&self) -> LinkState {
         match self.conn {
             Conn::Idle { at } => LinkState::Waiting { retry_at: at },
+            Conn::Closed => LinkState::Closed,
             Conn::Handshake { server, .. } => LinkState::Connecting { server },
             Conn::Up { server, .. } => LinkState::Connected { server },
         }
@@ -435,7 +246,7 @@ impl Link {
                 let silent_for = now.saturating_duration_since(o.last_heard);
                 RemoteRelay {
                     name: name.to_owned(),
-                    members: o.data.members.len(),
+                    members: o.data.members().len(),
                     silent_for,
                     alive: silent_for < self.config.announce_period * 2,
                 }
@@ -450,7 +261,7 @@ impl Link {
         let mut v: Vec<String> = self
             .inbox
             .origins()
-            .flat_map(|(name, o)| o.data.members.iter().map(move |m| format!("{name}/{m}")))
+            .flat_map(|(name, o)| o.data.members().iter().map(move |m| format!("{name}/{m}")))
             .collect();
         v.sort();
         v
@@ -478,6 +289,11 @@ impl Link {
         if self.written == self.out.len() {
             self.out.clear();
             self.written = 0;
+        } else if self.written >= OUT_HIGH_WATER / 16 {
+            // A socket that only ever takes part of the output must not
+            // leave an ever longer written prefix behind.
+            self.out.drain(..self.written);
+            self.written = 0;
         }
         self.pump();
     }
@@ -485,6 +301,7 @@ impl Link {
     /// The next time [`Link::handle_timeout`] has work (possibly early).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let conn = match self.conn {
+            Conn::Closed => return None,
             Conn::Idle { at } => at,
             Conn::Handshake { deadline, .. } => deadline,
             Conn::Up {
@@ -507,6 +324,9 @@ impl Link {
     /// harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock.advance(now);
+        if self.closing {
+            return;
+        }
         match self.conn {
             Conn::Idle { at } if now >= at => self.connect(now),
             Conn::Handshake { deadline, .. } if now >= deadline => {
@@ -550,7 +370,7 @@ impl Link {
 
     /// Bytes read from the socket.
     pub fn handle_read(&mut self, now: Instant, data: &[u8]) {
-        if matches!(self.conn, Conn::Idle { .. }) {
+        if matches!(self.conn, Conn::Idle { .. } | Conn::Closed) {
             return;
         }
         self.clock.advance(now);
@@ -642,6 +462,20 @@ impl Link {
         ok
     }
 
+    /// Leaves the federation, for a relay shutting down (after publishing
+    /// its members' leaves): UNSUB, so nothing more comes in, and no
+    /// reconnect ever again. If a server is up, what is queued still goes
+    /// out: the shell writes [`Link::pending_output`] until it is empty (or
+    /// its own deadline passes) and then drops the socket.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.closing = true;
+        match self.conn {
+            Conn::Up { .. } => nats::write_unsub(&mut self.out, SID),
+            Conn::Handshake { .. } => self.fail(now, "shut down", true),
+            Conn::Idle { .. } | Conn::Closed => self.conn = Conn::Closed,
+        }
+    }
+
     fn connect(&mut self, now: Instant) {
         // Taken modulo only here: the list may grow (INFO) before the next use.
         let i = self.next_server % self.servers.len();
@@ -663,13 +497,27 @@ impl Link {
     /// Ends the connection; `close` when the shell must drop the socket.
     fn fail(&mut self, now: Instant, why: &str, close: bool) {
         let server = match self.conn {
-            Conn::Idle { .. } => return,
+            Conn::Idle { .. } | Conn::Closed => return,
+            Conn::Handshake { server, .. } if self.closing => {
+                debug!("federation: NATS at {server}: {why}");
+                server
+            }
             Conn::Handshake { server, .. } => server,
             Conn::Up { server, .. } => {
                 self.attempts = 0;
                 server
             }
         };
+        self.out.clear();
+        self.written = 0;
+        self.decoder.reset();
+        if close {
+            self.actions.push_back(Action::Close);
+        }
+        if self.closing {
+            self.conn = Conn::Closed;
+            return;
+        }
         let delay = match self.attempts {
             0 => Duration::ZERO,
             n => RETRY_FIRST
@@ -684,12 +532,6 @@ impl Link {
         }
         self.attempts = self.attempts.saturating_add(1);
         self.conn = Conn::Idle { at: now + delay };
-        self.out.clear();
-        self.written = 0;
-        self.decoder.reset();
-        if close {
-            self.actions.push_back(Action::Close);
-        }
     }
 
     fn info(&mut self, info: ServerInfo) {
@@ -722,7 +564,7 @@ impl Link {
                 if info.auth_required && self.config.auth == Auth::None {
                     warn!("federation: NATS at {server} wants credentials and none are set");
                 }
-                nats::write_connect(&mut self.out, &self.config.relay_name, &self.config.auth);
+                json::write_connect(&mut self.out, &self.config.relay_name, &self.config.auth);
                 nats::write_sub(&mut self.out, &self.config.subject, SID);
                 nats::write_ping(&mut self.out);
             }
@@ -761,21 +603,9 @@ impl Link {
 
     /// Sends one announce round listing the local members.
     fn announce(&mut self, now: Instant) {
-        let mut blocks = vec![Vec::new()];
-        for id in &self.local {
-            let block = blocks.last_mut().unwrap_or_else(|| unreachable!());
-            if !block.is_empty() && block.len() + id.len() + tlv::HEADER_LEN > ANNOUNCE_PART_BYTES {
-                if blocks.len() == usize::from(msg::MAX_ANNOUNCE_PARTS) {
-                    warn!("federation: too many members to announce; list truncated");
-                    break;
-                }
-                blocks.push(Vec::new());
-            }
-            let block = blocks.last_mut().unwrap_or_else(|| unreachable!());
-            Members::push(block, id);
-        }
+        let blocks = Members::split(self.local.iter().map(String::as_str), ANNOUNCE_PART_BYTES);
         self.round = self.round.wrapping_add(1);
-        // At most MAX_ANNOUNCE_PARTS, checked above.
+        // `split` makes at most MAX_ANNOUNCE_PARTS blocks.
         let parts = blocks.len() as u16;
         for (part, block) in blocks.iter().enumerate() {
             let kind = Kind::Announce {
@@ -800,7 +630,7 @@ impl Link {
             return;
         }
         let up = matches!(self.conn, Conn::Up { .. });
-        if up && self.queue.is_empty() && self.out.len() < OUT_HIGH_WATER {
+        if up && self.queue.is_empty() && self.out.len() - self.written < OUT_HIGH_WATER {
             nats::write_pub(&mut self.out, &self.config.subject, &self.scratch);
             self.book.stats.published += 1;
             return;
@@ -849,12 +679,7 @@ impl Link {
             .collect();
         for relay in gone {
             if let Some(o) = self.inbox.remove(&relay) {
-                info!(
-                    "federation: relay {relay} silent for {silence:?}; its {} members are unreachable",
-                    o.data.members.len()
-                );
-                self.book.drop_members(&relay, o.data.members);
-                self.book.events.push_back(LinkEvent::RelayGone { relay });
+                self.book.relay_gone(relay, o.data);
             }
         }
     }
@@ -865,137 +690,4 @@ enum Ctl {
     Pong,
     Info(ServerInfo),
     Err(String),
-}
-
-impl Book {
-    fn refused(&mut self, r: Refused) {
-        let s = &mut self.stats;
-        match r {
-            Refused::Unsealed => s.dropped_unsealed += 1,
-            Refused::Malformed(_) => s.dropped_malformed += 1,
-            Refused::Own => s.dropped_own += 1,
-            Refused::Replayed => s.dropped_replayed += 1,
-            Refused::TooManyOrigins => s.dropped_too_many_relays += 1,
-        }
-    }
-
-    /// Every member in `members` leaves as unreachable.
-    fn drop_members(&mut self, relay: &str, members: BTreeSet<String>) {
-        self.remote_total -= members.len();
-        for m in members {
-            self.events.push_back(LinkEvent::RemoteLeft {
-                id: format!("{relay}/{m}"),
-                reason: REASON_UNREACHABLE,
-            });
-        }
-    }
-
-    /// Adds a member unless known; reports the join.
-    fn join(&mut self, relay: &str, remote: &mut Remote, id: &str) {
-        if remote.members.contains(id) {
-            return;
-        }
-        if self.remote_total >= self.max_remote {
-            self.stats.dropped_members_full += 1;
-            return;
-        }
-        self.remote_total += 1;
-        remote.members.insert(id.to_owned());
-        self.events.push_back(LinkEvent::RemoteJoined {
-            id: format!("{relay}/{id}"),
-        });
-    }
-
-    fn apply(&mut self, acc: Accepted<'_, Remote>) {
-        let Accepted {
-            msg,
-            origin,
-            new_origin,
-            restarted,
-        } = acc;
-        self.stats.received += 1;
-        let relay = msg.header.origin;
-        if new_origin {
-            info!("federation: hearing relay {relay}");
-        }
-        if let Some(old) = restarted {
-            info!("federation: relay {relay} restarted");
-            self.drop_members(relay, old.members);
-        }
-        let remote = &mut origin.data;
-        match msg.kind {
-            Kind::Message { sender_id, body } => {
-                // A sender not yet announced is a member from now on.
-                self.join(relay, remote, sender_id);
-                self.events.push_back(LinkEvent::RemoteMessage {
-                    relay: relay.to_owned(),
-                    sender_id: format!("{relay}/{sender_id}"),
-                    body: body.to_vec(),
-                });
-            }
-            Kind::Joined { id } => self.join(relay, remote, id),
-            Kind::Left { id, reason } => {
-                if remote.members.remove(id) {
-                    self.remote_total -= 1;
-                    self.events.push_back(LinkEvent::RemoteLeft {
-                        id: format!("{relay}/{id}"),
-                        reason,
-                    });
-                }
-            }
-            Kind::Announce {
-                round,
-                part,
-                parts,
-                members,
-            } => {
-                if part == 0 {
-                    remote.round = Some(Round {
-                        round,
-                        next_part: 0,
-                        parts,
-                        members: BTreeSet::new(),
-                    });
-                }
-                let Some(r) = remote.round.as_mut() else {
-                    return;
-                };
-                if (r.round, r.next_part, r.parts) != (round, part, parts) {
-                    // A part went missing: wait for the next whole round.
-                    remote.round = None;
-                    return;
-                }
-                let room = self.max_remote - (self.remote_total - remote.members.len());
-                for id in members.iter() {
-                    if r.members.len() >= room {
-                        self.stats.dropped_members_full += 1;
-                        break;
-                    }
-                    r.members.insert(id.to_owned());
-                }
-                r.next_part += 1;
-                if r.next_part == r.parts {
-                    let listed = remote.round.take().map(|r| r.members).unwrap_or_default();
-                    self.reconcile(relay, remote, listed);
-                }
-            }
-        }
-    }
-
-    /// A whole announce round: whoever it lists is there, nobody else.
-    fn reconcile(&mut self, relay: &str, remote: &mut Remote, listed: BTreeSet<String>) {
-        for gone in remote.members.difference(&listed) {
-            self.events.push_back(LinkEvent::RemoteLeft {
-                id: format!("{relay}/{gone}"),
-                reason: REASON_UNREACHABLE,
-            });
-        }
-        for new in listed.difference(&remote.members) {
-            self.events.push_back(LinkEvent::RemoteJoined {
-                id: format!("{relay}/{new}"),
-            });
-        }
-        self.remote_total = self.remote_total - remote.members.len() + listed.len();
-        remote.members = listed;
-    }
 }

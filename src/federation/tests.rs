@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::config::*;
 use super::link::*;
+use super::members::*;
 use crate::session::fernet::FernetKey;
 
 const SUBJECT: &str = "mcrelay.test.5007";
@@ -129,6 +131,7 @@ impl Bus {
                 for op in client_ops(&mut n.inbox) {
                     match op {
                         ClientOp::Sub(subject) => n.subscribed = subject == SUBJECT,
+                        ClientOp::Unsub => n.subscribed = false,
                         ClientOp::Ping if !n.mute => reply.extend_from_slice(b"PONG\r\n"),
                         ClientOp::Pub(subject, payload) if subject == SUBJECT => {
                             published.push((i, payload));
@@ -217,6 +220,7 @@ fn is_left(payload: &[u8]) -> bool {
 enum ClientOp {
     Connect,
     Sub(String),
+    Unsub,
     Ping,
     Pong,
     Pub(String, Vec<u8>),
@@ -234,6 +238,7 @@ fn client_ops(buf: &mut Vec<u8>) -> Vec<ClientOp> {
         let (op, consumed) = match f.next().unwrap() {
             "CONNECT" => (ClientOp::Connect, lf + 2),
             "SUB" => (ClientOp::Sub(f.next().unwrap().to_owned()), lf + 2),
+            "UNSUB" => (ClientOp::Unsub, lf + 2),
             "PING" => (ClientOp::Ping, lf + 2),
             "PONG" => (ClientOp::Pong, lf + 2),
             "PUB" => {
@@ -609,4 +614,31 @@ fn bad_configs_are_refused() {
         cfg(|c| c.announce_period = Duration::ZERO),
         Some(ConfigError::BadPeriod)
     );
+}
+
+#[test]
+fn shutdown_unsubscribes_flushes_and_never_reconnects() {
+    let mut bus = Bus::new();
+    let a = bus.add("office", &[4222, 4223], |_| {});
+    let b = bus.add("home", &[4222], |_| {});
+    let now = bus.now;
+    bus.node(a).publish_joined(now, "alice");
+    bus.settle();
+    bus.events(b);
+    bus.node(a).publish_left(now, "alice", 4);
+    bus.node(a).shutdown(now);
+    let out = bus.node(a).pending_output().to_vec();
+    assert!(out.starts_with(b"PUB ") && out.ends_with(b"\r\nUNSUB 1\r\n"));
+    bus.settle();
+    assert_eq!(bus.events(b), vec![left("office/alice", 4)]);
+    bus.kill(4222);
+    bus.advance(Duration::from_secs(60));
+    assert_eq!(bus.node(a).state(), LinkState::Closed);
+    assert_eq!(bus.node(a).poll_timeout(), None);
+    let tried: Vec<u16> = bus.nodes[a].connects.iter().map(|c| c.1.port()).collect();
+    assert_eq!(tried, [4222], "no reconnect after shutdown");
+    // Shut down while down: closed at once.
+    let now = bus.now;
+    bus.node(b).shutdown(now);
+    assert_eq!(bus.node(b).state(), LinkState::Closed);
 }
