@@ -339,7 +339,10 @@ impl<'a> FedMsg<'a> {
                 r[4..6].copy_from_slice(&part.to_be_bytes());
                 r[6..].copy_from_slice(&parts.to_be_bytes());
                 tlv::put(out, field::ROUND, &r);
-                out.extend_from_slice(members.0);
+                // A parsed block is the whole plaintext: only its MEMBERs go out.
+                for id in members.iter() {
+                    Members::push(out, id);
+                }
             }
         }
     }
@@ -498,6 +501,9 @@ mod tests {
         assert_eq!(many.len(), usize::from(MAX_ANNOUNCE_PARTS));
     }
 
+    /// Extra TLVs of a test plaintext.
+    type Fields<'a> = &'a [(u16, &'a [u8])];
+
     #[test]
     fn rules() {
         let base = |kind: u8, extra: &[(u16, &[u8])]| {
@@ -513,7 +519,7 @@ mod tests {
             v
         };
         let m = field::MEMBER;
-        let ok: &[(u8, &[(u16, &[u8])])] = &[
+        let ok: &[(u8, Fields)] = &[
             (2, &[(m, b"a")]),
             (2, &[(m, b"a"), (0x0399, b"future field")]),
             (3, &[(m, b"a"), (field::REASON, &[6])]),
@@ -532,7 +538,7 @@ mod tests {
                 "{kind} {extra:?}"
             );
         }
-        let bad: &[(u8, &[(u16, &[u8])], MsgError)] = &[
+        let bad: &[(u8, Fields, MsgError)] = &[
             (2, &[], MsgError::Shape),
             (2, &[(m, b"a"), (m, b"b")], MsgError::Duplicate),
             (2, &[(m, b"")], MsgError::BadField),

@@ -144,7 +144,7 @@ impl Decoder {
         self.failed = None;
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     /// Bytes held for an incomplete operation.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos

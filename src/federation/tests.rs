@@ -229,10 +229,7 @@ enum ClientOp {
 /// Parses complete client ops off the front of `buf`.
 fn client_ops(buf: &mut Vec<u8>) -> Vec<ClientOp> {
     let mut ops = Vec::new();
-    loop {
-        let Some(lf) = buf.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(lf) = buf.windows(2).position(|w| w == b"\r\n") {
         let line = String::from_utf8(buf[..lf].to_vec()).unwrap();
         let mut f = line.split(' ');
         let (op, consumed) = match f.next().unwrap() {
