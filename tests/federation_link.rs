@@ -558,3 +558,107 @@ fn credentials_are_presented_and_a_wrong_password_never_connects() {
     run_for(&mut [&mut good, &mut bad], Duration::from_millis(500));
     assert_eq!(bad.connected(), None);
 }
+
+/// Latency at 1,000 messages/s and a 50,000-message burst between two
+/// links through one server, each link in its own thread as each relay
+/// has its own process. Asserts no loss and no duplicate; the timings are
+/// printed (`--release --nocapture` for real numbers), not asserted.
+#[test]
+fn fifty_thousand_messages_cross_without_loss() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    const PACED: usize = 1_000;
+    const BURST: usize = 50_000;
+    let s = Nats::start(&[], &[]);
+    let server = s.addr();
+    let (ready, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (tx, rx) = mpsc::channel::<(usize, Instant)>();
+    let receiver = {
+        let (ready, stop) = (ready.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut b = Node::new("home", &[server], |c| {
+                c.announce_period = Duration::from_secs(60)
+            });
+            while !stop.load(Ordering::Relaxed) {
+                b.turn(Duration::from_millis(1));
+                ready.store(b.connected().is_some(), Ordering::Relaxed);
+                for e in b.got.drain(..) {
+                    if let LinkEvent::RemoteMessage { body, .. } = e {
+                        let i = String::from_utf8_lossy(&body[..10]).parse().unwrap();
+                        tx.send((i, Instant::now())).unwrap();
+                    }
+                }
+            }
+            b.link.stats().clone()
+        })
+    };
+    let mut a = Node::new("office", &[server], |c| {
+        c.announce_period = Duration::from_secs(60)
+    });
+    run_until(&mut [&mut a], "both connected", |n| {
+        n[0].connected().is_some() && ready.load(Ordering::Relaxed)
+    });
+    let body = |i: usize| format!("{i:010}{}", "x".repeat(90));
+    let mut sent = vec![None; PACED + BURST];
+    let mut got = vec![None; PACED + BURST];
+    let mut take = |got: &mut Vec<Option<Instant>>| {
+        for (i, at) in rx.try_iter() {
+            assert!(got[i].replace(at).is_none(), "message {i} twice");
+        }
+    };
+    // Paced: one message per millisecond.
+    let start = Instant::now();
+    for i in 0..PACED {
+        let due = start + Duration::from_millis(i as u64);
+        while Instant::now() < due {
+            a.turn(due.saturating_duration_since(Instant::now()));
+        }
+        sent[i] = Some(Instant::now());
+        a.publish("alice", &body(i));
+        a.sock.drive(a.poll.registry(), &mut a.link, Instant::now());
+        take(&mut got);
+    }
+    // Burst: as fast as the socket takes them.
+    let burst = Instant::now();
+    let mut publishing = Duration::ZERO;
+    let mut next = PACED;
+    while got.iter().any(Option::is_none) {
+        assert!(burst.elapsed() < DEADLINE * 3, "timed out: messages lost");
+        if next < PACED + BURST && a.link.pending_output().len() < 256 * 1024 {
+            let t = Instant::now();
+            for i in next..(next + 500).min(PACED + BURST) {
+                sent[i] = Some(t);
+                a.publish("alice", &body(i));
+            }
+            publishing += t.elapsed();
+            next = (next + 500).min(PACED + BURST);
+        }
+        a.turn(Duration::from_millis(1));
+        take(&mut got);
+    }
+    let burst_time = burst.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let b_stats = receiver.join().unwrap();
+    let mut lat: Vec<Duration> = (0..PACED)
+        .map(|i| got[i].unwrap() - sent[i].unwrap())
+        .collect();
+    lat.sort();
+    println!(
+        "paced {PACED} msg at 1000/s: latency p50 {:?} p99 {:?} max {:?}",
+        lat[PACED / 2],
+        lat[PACED * 99 / 100],
+        lat[PACED - 1]
+    );
+    println!(
+        "burst {BURST} msg of 100 B: {:?}, {:.0} msg/s; publish (seal + PUB) {:.2} us/msg",
+        burst_time,
+        BURST as f64 / burst_time.as_secs_f64(),
+        publishing.as_secs_f64() * 1e6 / BURST as f64
+    );
+    assert_eq!(a.link.stats().dropped_overflow, 0);
+    assert_eq!(b_stats.dropped_replayed + b_stats.dropped_malformed, 0);
+}
