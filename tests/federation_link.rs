@@ -605,19 +605,19 @@ fn fifty_thousand_messages_cross_without_loss() {
     let body = |i: usize| format!("{i:010}{}", "x".repeat(90));
     let mut sent = vec![None; PACED + BURST];
     let mut got = vec![None; PACED + BURST];
-    let mut take = |got: &mut Vec<Option<Instant>>| {
+    let take = |got: &mut Vec<Option<Instant>>| {
         for (i, at) in rx.try_iter() {
             assert!(got[i].replace(at).is_none(), "message {i} twice");
         }
     };
     // Paced: one message per millisecond.
     let start = Instant::now();
-    for i in 0..PACED {
+    for (i, sent_at) in sent.iter_mut().enumerate().take(PACED) {
         let due = start + Duration::from_millis(i as u64);
         while Instant::now() < due {
             a.turn(due.saturating_duration_since(Instant::now()));
         }
-        sent[i] = Some(Instant::now());
+        *sent_at = Some(Instant::now());
         a.publish("alice", &body(i));
         a.sock.drive(a.poll.registry(), &mut a.link, Instant::now());
         take(&mut got);
@@ -630,12 +630,13 @@ fn fifty_thousand_messages_cross_without_loss() {
         assert!(burst.elapsed() < DEADLINE * 3, "timed out: messages lost");
         if next < PACED + BURST && a.link.pending_output().len() < 256 * 1024 {
             let t = Instant::now();
-            for i in next..(next + 500).min(PACED + BURST) {
-                sent[i] = Some(t);
+            let end = (next + 500).min(PACED + BURST);
+            for (i, sent_at) in sent.iter_mut().enumerate().take(end).skip(next) {
+                *sent_at = Some(t);
                 a.publish("alice", &body(i));
             }
             publishing += t.elapsed();
-            next = (next + 500).min(PACED + BURST);
+            next = end;
         }
         a.turn(Duration::from_millis(1));
         take(&mut got);
