@@ -1,4 +1,6 @@
-//! The settings of a federation link and what is wrong with them.
+//! The settings of a federation link: the fixed ones (timers and bounds)
+//! and the configurable ones ([`LinkConfig`]), and what can be wrong with
+//! the latter.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -6,6 +8,26 @@ use std::time::Duration;
 
 use crate::federation::json::Auth;
 use crate::federation::nats;
+
+/// Silent announce periods after which a relay is gone.
+pub const SILENT_PERIODS: u32 = 3;
+/// Our keepalive PING interval.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered PINGs that end a connection.
+pub const MAX_PINGS_OUT: u8 = 2;
+/// Longest wait from asking for a connection to the handshake's PONG.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Delay before the second attempt in a row; it doubles up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest delay between attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Servers kept (seeds first, then learned ones).
+pub const MAX_SERVERS: usize = 32;
+/// Plaintext budget of one announce part.
+pub const ANNOUNCE_PART_BYTES: usize = 16 * 1024;
+/// Output bytes queued for the socket above which publishes wait in the
+/// buffer instead (so a stalled socket costs bounded memory).
+pub const OUT_HIGH_WATER: usize = 1024 * 1024;
 
 /// Settings of a link; [`LinkConfig::new`] fills in the defaults.
 #[derive(Clone, Debug)]

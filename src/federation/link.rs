@@ -37,7 +37,7 @@ use log::{debug, info, warn};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::federation::config::{ConfigError, LinkConfig};
+use crate::federation::config::*;
 use crate::federation::inbox::Inbox;
 use crate::federation::json::{self, Auth, ServerInfo};
 use crate::federation::members::{Book, LinkEvent, LinkStats, Remote, RemoteRelay};
@@ -48,25 +48,6 @@ use crate::session::fernet::FernetKey;
 use crate::session::UnixClock;
 use crate::wire::tlv;
 
-/// Silent announce periods after which a relay is gone.
-pub const SILENT_PERIODS: u32 = 3;
-/// Our keepalive PING interval.
-pub const PING_INTERVAL: Duration = Duration::from_secs(10);
-/// Unanswered PINGs that end a connection.
-pub const MAX_PINGS_OUT: u8 = 2;
-/// Longest wait from asking for a connection to the handshake's PONG.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Delay before the second attempt in a row; it doubles up to [`RETRY_MAX`].
-pub const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// Longest delay between attempts.
-pub const RETRY_MAX: Duration = Duration::from_secs(2);
-/// Servers kept (seeds first, then learned ones).
-pub const MAX_SERVERS: usize = 32;
-/// Plaintext budget of one announce part.
-const ANNOUNCE_PART_BYTES: usize = 16 * 1024;
-/// Output bytes queued for the socket above which publishes wait in the
-/// buffer instead (so a stalled socket costs bounded memory).
-const OUT_HIGH_WATER: usize = 1024 * 1024;
 /// The one subscription id we use.
 const SID: &str = "1";
 /// Debug lines about drops per second.
