@@ -12,14 +12,17 @@
 //!   deterministically.
 //! - `client`: the client's sans-IO core, [`ClientCore`], and its blocking
 //!   socket shell, [`UdpClient`].
+//! - `federation`: several relays share one group through NATS: the NATS
+//!   codec, the sealed federation messages and the sans-IO [`Link`].
 //! - `net`: the one mio loop ([`Server`]) and everything else that touches
 //!   a socket or a file: sendmmsg batching, the admin channel, the log ring,
-//!   the key file.
+//!   the key files, the NATS socket ([`NatsSocket`]).
 //!
 //! Shared by both cores: reassembly, the timer wheel and the rate limiters.
 #![warn(missing_docs)]
 
 mod client;
+mod federation;
 mod net;
 mod ratelimit;
 mod reassembly;
@@ -33,11 +36,17 @@ pub mod wire;
 
 pub use client::udp::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE, MAX_BODY_LEN};
 pub use client::{ClientCore, ClientError, ClientEvent, ClientOptions};
+pub use federation::config::{ConfigError as FederationConfigError, LinkConfig};
+pub use federation::json::Auth as NatsAuth;
+pub use federation::link::{Action as LinkAction, Link, LinkState};
+pub use federation::members::{LinkEvent, LinkStats, RemoteRelay, REASON_UNREACHABLE};
 pub use net::admin::{Admin, AdminConfig};
 pub use net::batch::{send_all, send_each, BATCH};
+pub use net::fedkey::{load_federation_key, new_federation_key};
 pub use net::iface::IfaceSpec;
 pub use net::keyfile::{load_or_create, KeyError};
 pub use net::logring;
+pub use net::nats::{load_auth as load_nats_auth, NatsSocket};
 pub use net::server::{Server, Signals};
 pub use net::socket::{open_udp, Listen, UdpSockets, DEFAULT_GROUP_V4, DEFAULT_GROUP_V6};
 pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};

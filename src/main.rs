@@ -14,6 +14,8 @@ COMMANDS:
     serve         run the relay (safe defaults: no flags needed)
     bench         measure a relay under load, the machine's limit, or the footprint
     fingerprint   print the SHA-256 fingerprint of a key file's public key
+    federation-key
+                  print a new random key for a federation (--federation-key-file)
     chat          interactive terminal client: lines typed are sent, messages printed
     send          send one message (argument or stdin); exit 0 if the server accepted it
     listen        print one line (or JSON object) per event until killed
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match sub.as_deref() {
         Some("serve") => cmd::serve::run(args),
         Some("fingerprint") => cmd::fingerprint::run(args),
+        Some("federation-key") => cmd::federation_key::run(args),
         Some("bench") => cmd::bench::run(args),
         Some("chat") => cmd::chat::run(args),
         Some("send") => cmd::send::run(args),

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod client_args;
+pub mod federation_key;
 pub mod fingerprint;
 pub mod listen;
 pub mod send;

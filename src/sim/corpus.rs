@@ -54,6 +54,11 @@ fn replay(target: &str, body: fn(&[u8])) {
 }
 
 #[test]
+fn corpus_federation() {
+    replay("federation", crate::sim::fuzz_federation::federation);
+}
+
+#[test]
 fn corpus_tlv() {
     replay("tlv", fuzzing::tlv);
 }

@@ -4,4 +4,5 @@
 #[cfg(test)]
 mod corpus;
 pub mod fuzz;
+pub mod fuzz_federation;
 pub mod testrng;
