@@ -4,6 +4,7 @@
 //! Fernet timestamps they write ([`UnixClock`]).
 
 pub mod fernet;
+pub mod group;
 pub mod key;
 pub mod replay;
 
