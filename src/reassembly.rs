@@ -6,8 +6,72 @@
 //! index out of range, disagreeing count, oversize) discards the whole message:
 //! keeping half of a message that can no longer complete would only pin memory
 //! until it expires. Nothing here panics on input.
+//!
+//! # When a limit is reached: eviction, oldest first
+//!
+//! FRAGMENTs are reassembled before the token they carry is authenticated,
+//! so whoever can forge an owner's source address fills that owner's slots
+//! and bytes. If a full owner refused new messages, a forger could starve it:
+//! every genuine message would be refused for as long as the forged partials
+//! live, and the forger renews them for free. So room is made instead:
+//!
+//! - A new message of an owner whose `max_partials_per_owner` slots are full
+//!   evicts the owner's oldest partial ([`DropReason::Evicted`]).
+//! - A chunk that would take its owner over `max_bytes_per_owner` evicts
+//!   that owner's partials *older than its own message*, oldest first
+//!   ([`DropReason::Evicted`]); when its message is the owner's oldest and
+//!   still does not fit, that message is dropped ([`DropReason::OwnerBytes`]).
+//! - A chunk that would take the total over `max_total_bytes` is the global
+//!   budget's business. An owner whose bytes, with the chunk, stay within its
+//!   fair share (`max_total_bytes` divided by the owners holding partials,
+//!   itself included) takes room from the owner holding the most bytes,
+//!   whose oldest partials are evicted one by one ([`DropReason::FairShare`]).
+//!   An owner beyond its fair share competes with no one: its chunk's
+//!   message is dropped ([`DropReason::TotalBytes`]).
+//!
+//! Age is first-fragment arrival, not last activity. A forger refreshes a
+//! partial as cheaply as it starts one, so under least-recently-used one new
+//! msg_id, after touching the others, would push out a genuine message
+//! between two of its fragments; by arrival, only *new* messages count and
+//! nobody can make a partial younger. The oldest partial is also the one
+//! nearest expiry, and the likeliest abandoned. And arrival order never
+//! changes, so keeping it costs nothing per fragment.
+//!
+//! # What an owner is guaranteed
+//!
+//! While the total budget has room, nothing that arrived before a message's
+//! first fragment can push that message out. Precisely: a message X of
+//! owner O, intact and within the limits on its own, completes unless,
+//! between its first fragment and its last, one of these happens:
+//!
+//! - O starts `max_partials_per_owner` or more other new messages (so one
+//!   fewer may be interleaved with X, by anyone who can send as O);
+//! - the partials O starts meanwhile hold, with X, more than
+//!   `max_bytes_per_owner` (partials older than X go first, and an older
+//!   partial that grows can evict only partials older than itself);
+//! - the total budget is full and O, holding the most bytes, gives way to
+//!   an owner below its fair share (again its partials older than X first);
+//! - the total budget is full and O, with X's next chunk, is beyond its fair
+//!   share: only here does what O held before X count, and X is dropped;
+//! - `max_age` passes.
+//!
+//! With the relay's defaults (8 slots, 256 KiB per client, 8 MiB in total)
+//! the total budget cannot fill while 32 or fewer clients hold partials, so
+//! a forger who spoofs one member can only churn that member's slots: the
+//! member's message, sent as one burst, gets through unless the forger
+//! lands 8 new msg_ids, or 256 KiB less the message, inside that burst.
+//! Filling the total budget takes more than 32 clients at their byte limit
+//! (a forger spoofing many members at once); then a member at or beyond its
+//! fair share gets no new bytes until its partials complete, expire or give
+//! way under the fair-share rule, so such a forger can delay it. Nor does
+//! the guarantee cover an on-path attacker, who sees the msg_id and can
+//! spoil X with a duplicate index (it could as well drop X).
+//!
+//! Costs: an insert is O(log n) amortised in the partials and owners held
+//! (per-owner arrival order and a by-bytes index of owners are ordered
+//! maps; each partial is evicted at most once).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -26,11 +90,13 @@ const COMPACT_SLACK: usize = 64;
 /// Bounds on what a [`Reassembler`] may hold, so memory stays fixed whatever peers send.
 #[derive(Clone, Debug)]
 pub struct ReassemblyLimits {
-    /// Incomplete messages one owner may have in flight (default 8).
+    /// Incomplete messages one owner may have in flight (default 8); a new
+    /// one beyond it evicts the owner's oldest.
     pub max_partials_per_owner: usize,
     /// Accounted bytes one owner may have buffered (default 256 KiB).
     pub max_bytes_per_owner: usize,
-    /// Accounted bytes buffered across all owners (default 8 MiB).
+    /// Accounted bytes buffered across all owners (default 8 MiB), shared
+    /// fairly between the owners holding partials when it is full.
     pub max_total_bytes: usize,
     /// Largest reassembled payload (default 64 KiB).
     pub max_message_bytes: usize,
@@ -61,19 +127,29 @@ pub enum DropReason {
     CountMismatch,
     /// The message exceeds, or can no longer fit in, `max_message_bytes`.
     TooLarge,
-    /// The owner already had `max_partials_per_owner` messages in flight.
+    /// `max_partials_per_owner` is 0: no message may be buffered at all.
     TooManyPartials,
-    /// Buffering the chunk would exceed `max_bytes_per_owner`.
+    /// The chunk would exceed `max_bytes_per_owner` although every older
+    /// partial of its owner made way.
     OwnerBytes,
-    /// Buffering the chunk would exceed `max_total_bytes`.
+    /// The chunk would exceed `max_total_bytes`, and its owner would be
+    /// beyond its fair share of it.
     TotalBytes,
     /// The message was still incomplete after `max_age`; only [`Reassembler::expire`] reports this.
     Expired,
+    /// The owner's oldest partial made way for the same owner's newer
+    /// message (slots or owner bytes full); reported through
+    /// `Reassembler::take_evictions`.
+    Evicted,
+    /// The oldest partial of the owner holding the most bytes made way for
+    /// an owner below its fair share of a full total budget; reported
+    /// through `Reassembler::take_evictions`.
+    FairShare,
 }
 
 impl DropReason {
     /// Every reason, so callers can build one metric per variant without listing them.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Duplicate,
         DropReason::IndexOutOfRange,
         DropReason::CountMismatch,
@@ -82,6 +158,8 @@ impl DropReason {
         DropReason::OwnerBytes,
         DropReason::TotalBytes,
         DropReason::Expired,
+        DropReason::Evicted,
+        DropReason::FairShare,
     ];
 
     /// Stable snake_case name for logs and metric labels.
@@ -95,6 +173,8 @@ impl DropReason {
             DropReason::OwnerBytes => "owner_bytes",
             DropReason::TotalBytes => "total_bytes",
             DropReason::Expired => "expired",
+            DropReason::Evicted => "evicted",
+            DropReason::FairShare => "fair_share",
         }
     }
 }
@@ -130,8 +210,10 @@ struct ChunkRef {
 #[derive(Debug)]
 struct Partial {
     count: u16,
-    /// Distinguishes this partial from an earlier one with the same key, so
-    /// leftover expiry entries of the earlier one are recognised as stale.
+    /// Arrival order of first fragments, unique per reassembler: orders an
+    /// owner's partials for eviction, and tells a partial from an earlier
+    /// one with the same key, so leftover expiry entries of the earlier one
+    /// are recognised as stale.
     serial: u64,
     data: Vec<u8>,
     /// Sorted by index, for duplicate detection by binary search.
@@ -140,10 +222,12 @@ struct Partial {
     accounted: usize,
 }
 
-/// Per-owner bookkeeping; the msg_id list lets `remove_owner` avoid scanning every partial.
+/// Per-owner bookkeeping: what to evict first, and what `remove_owner` frees
+/// without scanning every partial.
 #[derive(Debug, Default)]
 struct OwnerUsage {
-    msg_ids: Vec<u32>,
+    /// The owner's partials by serial (first-fragment arrival), oldest first.
+    by_age: BTreeMap<u64, u32>,
     bytes: usize,
 }
 
@@ -168,16 +252,23 @@ fn is_live(partials: &HashMap<Key, Partial>, e: &ExpiryEntry) -> bool {
 /// Owner = an opaque u64 the caller uses per client. The caller drives time:
 /// call [`expire`](Self::expire) periodically (e.g. at
 /// [`next_expiry`](Self::next_expiry)); `insert` never expires on its own so
-/// every expiry is reported through `expire`'s return value.
+/// every expiry is reported through `expire`'s return value. Partials that
+/// `insert` evicts to make room are counted until
+/// [`take_evictions`](Self::take_evictions) collects them.
 #[derive(Debug)]
 pub struct Reassembler {
     limits: ReassemblyLimits,
     partials: HashMap<Key, Partial>,
     owners: HashMap<u64, OwnerUsage>,
+    /// (bytes, owner) of every owner in `owners`: the last is the one that
+    /// gives way under the fair-share rule.
+    by_bytes: BTreeSet<(usize, u64)>,
     /// Creation order of partials; may hold stale entries of finished messages.
     expiry: VecDeque<ExpiryEntry>,
     total_bytes: usize,
     next_serial: u64,
+    /// Partials evicted since the last `take_evictions`: (same owner, fair share).
+    evicted: (u64, u64),
 }
 
 impl Reassembler {
@@ -187,9 +278,11 @@ impl Reassembler {
             limits,
             partials: HashMap::new(),
             owners: HashMap::new(),
+            by_bytes: BTreeSet::new(),
             expiry: VecDeque::new(),
             total_bytes: 0,
             next_serial: 0,
+            evicted: (0, 0),
         }
     }
 
@@ -203,7 +296,11 @@ impl Reassembler {
     ///
     /// A `count == 1` fragment completes at once without being buffered. The
     /// fragment should come from [`parse_fragment`]; a hand-built one with
-    /// `count == 0` is reported as `IndexOutOfRange`.
+    /// `count == 0` is reported as `IndexOutOfRange`. Making room may evict
+    /// other partials (see the module docs); those are counted for
+    /// [`take_evictions`](Self::take_evictions), not reported here.
+    ///
+    /// [`parse_fragment`]: crate::wire::fragment::parse_fragment
     pub fn insert(&mut self, now: Instant, owner: u64, frag: &FragmentHeader<'_>) -> Outcome {
         let key = (owner, frag.msg_id);
         let cost = frag.chunk.len().saturating_add(CHUNK_OVERHEAD);
@@ -214,6 +311,13 @@ impl Reassembler {
         };
         self.tidy_expiry();
         outcome
+    }
+
+    /// Partials evicted by `insert` since the last call, by reason
+    /// ([`DropReason::Evicted`], then [`DropReason::FairShare`]); resets the counts.
+    pub fn take_evictions(&mut self) -> [(DropReason, u64); 2] {
+        let (own, fair) = std::mem::take(&mut self.evicted);
+        [(DropReason::Evicted, own), (DropReason::FairShare, fair)]
     }
 
     /// Drops every partial created at or before now - max_age; returns how many were dropped.
@@ -248,7 +352,8 @@ impl Reassembler {
     /// Frees everything an owner holds (client left).
     pub fn remove_owner(&mut self, owner: u64) {
         if let Some(usage) = self.owners.remove(&owner) {
-            for msg_id in usage.msg_ids {
+            self.by_bytes.remove(&(usage.bytes, owner));
+            for msg_id in usage.by_age.into_values() {
                 if let Some(p) = self.partials.remove(&(owner, msg_id)) {
                     self.total_bytes = self.total_bytes.saturating_sub(p.accounted);
                 }
@@ -261,7 +366,7 @@ impl Reassembler {
     pub fn owner_usage(&self, owner: u64) -> (usize, usize) {
         self.owners
             .get(&owner)
-            .map_or((0, 0), |u| (u.msg_ids.len(), u.bytes))
+            .map_or((0, 0), |u| (u.by_age.len(), u.bytes))
     }
 
     /// Accounted bytes held across all owners (chunk bytes plus [`CHUNK_OVERHEAD`] each).
@@ -294,15 +399,22 @@ impl Reassembler {
         if frag.count == 1 {
             return Outcome::Complete(frag.chunk.to_vec());
         }
-        let (held, owner_bytes) = self.owner_usage(key.0);
-        if held >= limits.max_partials_per_owner {
+        if limits.max_partials_per_owner == 0 {
             return Outcome::Dropped(DropReason::TooManyPartials);
         }
-        if owner_bytes.saturating_add(cost) > limits.max_bytes_per_owner {
-            return Outcome::Dropped(DropReason::OwnerBytes);
+        // Refused before anything is evicted for it.
+        if let Err(reason) = fits_alone(limits, cost) {
+            return Outcome::Dropped(reason);
         }
-        if self.total_bytes.saturating_add(cost) > limits.max_total_bytes {
-            return Outcome::Dropped(DropReason::TotalBytes);
+        // A new message displaces the owner's oldest (see the module docs).
+        while self.owner_usage(key.0).0 >= self.limits.max_partials_per_owner {
+            if !self.evict_oldest(key.0, None) {
+                break;
+            }
+            self.evicted.0 = self.evicted.0.saturating_add(1);
+        }
+        if let Err(reason) = self.make_room(key.0, None, cost) {
+            return Outcome::Dropped(reason);
         }
 
         let serial = self.next_serial;
@@ -334,24 +446,33 @@ impl Reassembler {
                 accounted: cost,
             },
         );
-        let usage = self.owners.entry(key.0).or_default();
-        usage.msg_ids.push(key.1);
-        usage.bytes = usage.bytes.saturating_add(cost);
-        self.total_bytes = self.total_bytes.saturating_add(cost);
+        self.owners
+            .entry(key.0)
+            .or_default()
+            .by_age
+            .insert(serial, key.1);
+        self.charge(key.0, cost);
         Outcome::Incomplete
     }
 
     fn extend_partial(&mut self, key: Key, frag: &FragmentHeader<'_>, cost: usize) -> Outcome {
-        let (_, owner_bytes) = self.owner_usage(key.0);
-        let Some(p) = self.partials.get_mut(&key) else {
+        let Some(p) = self.partials.get(&key) else {
             return Outcome::Incomplete;
         };
-        let pos = match check_extend(p, frag, cost, &self.limits, owner_bytes, self.total_bytes) {
+        let growing = (p.serial, p.accounted);
+        let checked = check_extend(p, frag, &self.limits)
+            .and_then(|pos| self.make_room(key.0, Some(growing), cost).map(|()| pos));
+        let pos = match checked {
             Ok(pos) => pos,
             Err(reason) => {
                 self.remove_partial(key);
                 return Outcome::Dropped(reason);
             }
+        };
+        // make_room evicts only partials older than this one or of other
+        // owners, so it is still there.
+        let Some(p) = self.partials.get_mut(&key) else {
+            return Outcome::Incomplete;
         };
         // Vec's own doubling would let the buffers reach twice the bytes
         // the limits account for; see `reserve_bounded`.
@@ -368,10 +489,7 @@ impl Reassembler {
         p.data.extend_from_slice(frag.chunk);
         p.accounted = p.accounted.saturating_add(cost);
         let complete = p.chunks.len() >= usize::from(p.count);
-        self.total_bytes = self.total_bytes.saturating_add(cost);
-        if let Some(usage) = self.owners.get_mut(&key.0) {
-            usage.bytes = usage.bytes.saturating_add(cost);
-        }
+        self.charge(key.0, cost);
         if !complete {
             return Outcome::Incomplete;
         }
@@ -381,17 +499,94 @@ impl Reassembler {
         }
     }
 
+    /// Evicts until `cost` more bytes of `owner` fit both byte limits, by
+    /// the rules in the module docs; `growing` is the (serial, accounted
+    /// bytes) of the partial the bytes are for (None for a new message),
+    /// which is never evicted here, nor is anything of its owner younger
+    /// than it.
+    ///
+    /// A message that could not fit even alone is refused before anything
+    /// is evicted. Otherwise, if the total budget refuses it after the owner
+    /// budget made room, what the owner budget evicted stays evicted: it
+    /// was the owner's own, older than the refused message, and would have
+    /// made way for it had the total budget allowed.
+    fn make_room(
+        &mut self,
+        owner: u64,
+        growing: Option<(u64, usize)>,
+        cost: usize,
+    ) -> Result<(), DropReason> {
+        let (keep, alone) = growing.map_or((None, cost), |(serial, accounted)| {
+            (Some(serial), accounted.saturating_add(cost))
+        });
+        fits_alone(&self.limits, alone)?;
+        while self.owner_usage(owner).1.saturating_add(cost) > self.limits.max_bytes_per_owner {
+            if !self.evict_oldest(owner, keep) {
+                return Err(DropReason::OwnerBytes);
+            }
+            self.evicted.0 = self.evicted.0.saturating_add(1);
+        }
+        while self.total_bytes.saturating_add(cost) > self.limits.max_total_bytes {
+            let mine = self.owners.get(&owner).map(|u| u.bytes);
+            let holders = self
+                .owners
+                .len()
+                .saturating_add(usize::from(mine.is_none()));
+            let fair_share = self.limits.max_total_bytes / holders.max(1);
+            if mine.unwrap_or(0).saturating_add(cost) > fair_share {
+                return Err(DropReason::TotalBytes);
+            }
+            // Below its fair share while the total is full, the owner is
+            // not the largest (the others average more than the share), so
+            // the largest is someone else; the guard is for safety only.
+            let Some(&(_, largest)) = self.by_bytes.last() else {
+                return Err(DropReason::TotalBytes);
+            };
+            if largest == owner || !self.evict_oldest(largest, None) {
+                return Err(DropReason::TotalBytes);
+            }
+            self.evicted.1 = self.evicted.1.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    /// Evicts `owner`'s oldest partial unless it is `keep` (by serial);
+    /// false if nothing was evicted.
+    fn evict_oldest(&mut self, owner: u64, keep: Option<u64>) -> bool {
+        let oldest = self
+            .owners
+            .get(&owner)
+            .and_then(|u| u.by_age.first_key_value());
+        match oldest {
+            Some((&serial, &msg_id)) if Some(serial) != keep => {
+                self.remove_partial((owner, msg_id)).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds `cost` to an owner (which must have an entry) and to the total.
+    fn charge(&mut self, owner: u64, cost: usize) {
+        if let Some(usage) = self.owners.get_mut(&owner) {
+            self.by_bytes.remove(&(usage.bytes, owner));
+            usage.bytes = usage.bytes.saturating_add(cost);
+            self.by_bytes.insert((usage.bytes, owner));
+        }
+        self.total_bytes = self.total_bytes.saturating_add(cost);
+    }
+
     /// Removes one partial and releases its accounting; its expiry entry becomes stale.
     fn remove_partial(&mut self, key: Key) -> Option<Partial> {
         let p = self.partials.remove(&key)?;
         self.total_bytes = self.total_bytes.saturating_sub(p.accounted);
         if let Some(usage) = self.owners.get_mut(&key.0) {
+            self.by_bytes.remove(&(usage.bytes, key.0));
             usage.bytes = usage.bytes.saturating_sub(p.accounted);
-            if let Some(i) = usage.msg_ids.iter().position(|&m| m == key.1) {
-                usage.msg_ids.swap_remove(i);
-            }
-            if usage.msg_ids.is_empty() {
+            usage.by_age.remove(&p.serial);
+            if usage.by_age.is_empty() {
                 self.owners.remove(&key.0);
+            } else {
+                self.by_bytes.insert((usage.bytes, key.0));
             }
         }
         Some(p)
@@ -425,14 +620,24 @@ impl Reassembler {
     }
 }
 
+/// Whether a message of `bytes` accounted bytes could be held at all, were
+/// everything else evicted.
+fn fits_alone(limits: &ReassemblyLimits, bytes: usize) -> Result<(), DropReason> {
+    if bytes > limits.max_bytes_per_owner {
+        Err(DropReason::OwnerBytes)
+    } else if bytes > limits.max_total_bytes {
+        Err(DropReason::TotalBytes)
+    } else {
+        Ok(())
+    }
+}
+
 /// Validates adding `frag` to `p`; returns where its index goes in `p.chunks`.
+/// The byte budgets are `make_room`'s business.
 fn check_extend(
     p: &Partial,
     frag: &FragmentHeader<'_>,
-    cost: usize,
     limits: &ReassemblyLimits,
-    owner_bytes: usize,
-    total_bytes: usize,
 ) -> Result<usize, DropReason> {
     if frag.count != p.count {
         return Err(DropReason::CountMismatch);
@@ -453,12 +658,6 @@ fn check_extend(
         .saturating_add(missing);
     if min_size > limits.max_message_bytes {
         return Err(DropReason::TooLarge);
-    }
-    if owner_bytes.saturating_add(cost) > limits.max_bytes_per_owner {
-        return Err(DropReason::OwnerBytes);
-    }
-    if total_bytes.saturating_add(cost) > limits.max_total_bytes {
-        return Err(DropReason::TotalBytes);
     }
     Ok(pos)
 }
@@ -538,17 +737,20 @@ mod tests {
         assert_eq!(sum, r.total_bytes());
         let mut owner_partials = 0;
         for (owner, usage) in &r.owners {
-            assert!(!usage.msg_ids.is_empty(), "empty owner entry kept");
+            assert!(!usage.by_age.is_empty(), "empty owner entry kept");
             assert!(usage.bytes <= limits.max_bytes_per_owner);
-            assert!(usage.msg_ids.len() <= limits.max_partials_per_owner);
-            let bytes: usize = usage
-                .msg_ids
-                .iter()
-                .map(|m| r.partials[&(*owner, *m)].accounted)
-                .sum();
+            assert!(usage.by_age.len() <= limits.max_partials_per_owner);
+            let mut bytes = 0;
+            for (serial, m) in &usage.by_age {
+                let p = &r.partials[&(*owner, *m)];
+                assert_eq!(p.serial, *serial, "age index out of date");
+                bytes += p.accounted;
+            }
             assert_eq!(bytes, usage.bytes);
-            owner_partials += usage.msg_ids.len();
+            assert!(r.by_bytes.contains(&(usage.bytes, *owner)));
+            owner_partials += usage.by_age.len();
         }
+        assert_eq!(r.by_bytes.len(), r.owners.len(), "stale by-bytes entries");
         assert_eq!(owner_partials, r.partials());
         for p in r.partials.values() {
             assert!(p.data.len() <= limits.max_message_bytes);
@@ -848,89 +1050,246 @@ mod tests {
     }
 
     #[test]
-    fn too_many_partials_drops_new_message_only() {
+    fn full_slots_evict_the_oldest_partial() {
         let t = Instant::now();
         let limits = ReassemblyLimits {
             max_partials_per_owner: 2,
             ..ReassemblyLimits::default()
         };
-        let mut r = Reassembler::new(limits);
-        assert_eq!(r.insert(t, 1, &frag(1, 0, 2, b"a")), Outcome::Incomplete);
-        assert_eq!(r.insert(t, 1, &frag(2, 0, 2, b"a")), Outcome::Incomplete);
-        assert_eq!(
-            r.insert(t, 1, &frag(3, 0, 2, b"a")),
-            Outcome::Dropped(DropReason::TooManyPartials)
-        );
-        assert_eq!(r.owner_usage(1).0, 2);
+        let mut r = Reassembler::new(limits.clone());
+        let none = [(DropReason::Evicted, 0), (DropReason::FairShare, 0)];
+        let one = [(DropReason::Evicted, 1), (DropReason::FairShare, 0)];
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, b"a")), Outcome::Incomplete);
+        assert_eq!(r.insert(t, 1, &frag(2, 0, 3, b"a")), Outcome::Incomplete);
+        // Activity does not make a partial younger: 1 stays the oldest.
+        assert_eq!(r.insert(t, 1, &frag(1, 1, 3, b"b")), Outcome::Incomplete);
+        assert_eq!(r.take_evictions(), none);
+        assert_eq!(r.insert(t, 1, &frag(3, 0, 3, b"a")), Outcome::Incomplete);
+        assert_eq!(r.take_evictions(), one);
+        assert_eq!(r.take_evictions(), none, "taking resets");
+        assert_eq!(r.owner_usage(1), (2, 2 * (1 + CHUNK_OVERHEAD)));
+        assert!(!r.partials.contains_key(&(1, 1)));
+        // The evicted message's late chunk starts it afresh (evicting 2).
+        assert_eq!(r.insert(t, 1, &frag(1, 2, 3, b"c")), Outcome::Incomplete);
+        assert_eq!(r.take_evictions(), one);
+        assert!(!r.partials.contains_key(&(1, 2)));
+        check_invariants(&r);
         // Single fragments need no slot; other owners have their own.
         assert_eq!(
-            r.insert(t, 1, &frag(3, 0, 1, b"z")),
+            r.insert(t, 1, &frag(9, 0, 1, b"z")),
             Outcome::Complete(b"z".to_vec())
         );
-        assert_eq!(r.insert(t, 2, &frag(3, 0, 2, b"a")), Outcome::Incomplete);
-        // Existing partials still complete, which frees a slot.
+        assert_eq!(r.insert(t, 2, &frag(3, 0, 3, b"a")), Outcome::Incomplete);
+        assert_eq!(r.take_evictions(), none);
+        // Completing frees a slot, so the next message evicts nothing.
+        assert_eq!(r.insert(t, 1, &frag(3, 1, 3, b"b")), Outcome::Incomplete);
         assert_eq!(
-            r.insert(t, 1, &frag(1, 1, 2, b"b")),
-            Outcome::Complete(b"ab".to_vec())
+            r.insert(t, 1, &frag(3, 2, 3, b"c")),
+            Outcome::Complete(b"abc".to_vec())
         );
-        assert_eq!(r.insert(t, 1, &frag(3, 0, 2, b"a")), Outcome::Incomplete);
+        assert_eq!(r.insert(t, 1, &frag(4, 0, 3, b"a")), Outcome::Incomplete);
+        assert_eq!(r.take_evictions(), none);
         check_invariants(&r);
+
+        // With no slots at all nothing is buffered, and nothing evicted.
+        let mut r = Reassembler::new(ReassemblyLimits {
+            max_partials_per_owner: 0,
+            ..limits
+        });
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 0, 2, b"a")),
+            Outcome::Dropped(DropReason::TooManyPartials)
+        );
+        assert_eq!(
+            r.insert(t, 1, &frag(1, 0, 1, b"a")),
+            Outcome::Complete(b"a".to_vec())
+        );
+        assert_eq!((r.partials(), r.take_evictions()), (0, none));
+    }
+
+    /// The guarantee in the module docs: a forger who fills an owner's slots
+    /// beforehand cannot stop the owner's next message; only as many new
+    /// msg_ids as there are slots, interleaved with it, can.
+    #[test]
+    fn a_message_survives_one_fewer_interleaved_new_messages_than_slots() {
+        let limits = ReassemblyLimits::default();
+        let slots = limits.max_partials_per_owner as u32;
+        // (new msg_ids interleaved, times the message was evicted and
+        // restarted by a later chunk)
+        for (interleaved, restarts) in [(0, 0), (1, 0), (slots - 1, 0), (slots, 1), (100, 2)] {
+            let t = Instant::now();
+            let mut r = Reassembler::new(limits.clone());
+            let mut bogus = 1000u32..;
+            let mut forge = |r: &mut Reassembler, n: u32| {
+                for id in bogus.by_ref().take(n as usize) {
+                    assert_eq!(
+                        r.insert(t, 7, &frag(id, 0, 2, b"forged")),
+                        Outcome::Incomplete
+                    );
+                }
+            };
+            forge(&mut r, 100);
+            assert_eq!(r.owner_usage(7).0, limits.max_partials_per_owner);
+            let chunks: [&[u8]; 3] = [b"one ", b"two ", b"three"];
+            let mut last = None;
+            for (i, c) in chunks.iter().enumerate() {
+                last = Some(r.insert(t, 7, &frag(5, i as u16, 3, c)));
+                match i {
+                    0 => forge(&mut r, interleaved / 2),
+                    1 => forge(&mut r, interleaved - interleaved / 2),
+                    _ => {}
+                }
+            }
+            let last = last.unwrap();
+            if interleaved < slots {
+                assert_eq!(last, Outcome::Complete(b"one two three".to_vec()));
+            } else {
+                // Evicted in between: the last chunk started a new partial.
+                assert_eq!(last, Outcome::Incomplete, "{interleaved} interleaved");
+            }
+            let evicted = r.take_evictions()[0].1;
+            let started = 100 + interleaved + 1 + restarts;
+            assert_eq!(evicted, u64::from(started - slots));
+            check_invariants(&r);
+        }
     }
 
     #[test]
-    fn owner_bytes_limit() {
+    fn owner_bytes_evict_older_partials_only() {
         let t = Instant::now();
         let per_chunk = 100 + CHUNK_OVERHEAD;
         let limits = ReassemblyLimits {
-            max_bytes_per_owner: 2 * per_chunk,
+            max_bytes_per_owner: 3 * per_chunk,
             ..ReassemblyLimits::default()
         };
         let mut r = Reassembler::new(limits);
         let c = [0u8; 100];
-        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, &c)), Outcome::Incomplete);
-        assert_eq!(r.insert(t, 1, &frag(1, 1, 3, &c)), Outcome::Incomplete);
-        assert_eq!(r.owner_usage(1), (1, 2 * per_chunk));
-        // A new message over budget is refused; the existing one stays.
+        let evicted = |r: &mut Reassembler| r.take_evictions()[0].1;
+        for id in 1..=3 {
+            assert_eq!(r.insert(t, 1, &frag(id, 0, 3, &c)), Outcome::Incomplete);
+        }
+        assert_eq!(r.owner_usage(1), (3, 3 * per_chunk));
+        // The newest message grows over the budget: the oldest makes way.
+        assert_eq!(r.insert(t, 1, &frag(3, 1, 3, &c)), Outcome::Incomplete);
+        assert_eq!(evicted(&mut r), 1);
+        assert!(!r.partials.contains_key(&(1, 1)));
+        assert_eq!(r.owner_usage(1), (2, 3 * per_chunk));
+        // An older message may not push out a newer one: it is dropped itself.
         assert_eq!(
-            r.insert(t, 1, &frag(2, 0, 3, &c)),
+            r.insert(t, 1, &frag(2, 1, 3, &c)),
             Outcome::Dropped(DropReason::OwnerBytes)
         );
+        assert_eq!(evicted(&mut r), 0);
         assert_eq!(r.owner_usage(1), (1, 2 * per_chunk));
         // Another owner is unaffected.
         assert_eq!(r.insert(t, 2, &frag(2, 0, 3, &c)), Outcome::Incomplete);
-        // Growing the existing message over budget drops all of it.
+        // A new message evicts what it needs, oldest first: here, the rest.
+        let whole = [1u8; 3 * 100 + 2 * CHUNK_OVERHEAD];
+        assert_eq!(r.insert(t, 1, &frag(4, 0, 2, &whole)), Outcome::Incomplete);
+        assert_eq!(evicted(&mut r), 1);
+        assert_eq!(r.owner_usage(1), (1, 3 * per_chunk));
+        check_invariants(&r);
+        // A message that cannot fit even alone is refused and evicts nothing.
+        let over = [1u8; 3 * 100 + 2 * CHUNK_OVERHEAD + 1];
         assert_eq!(
-            r.insert(t, 1, &frag(1, 2, 3, &c)),
+            r.insert(t, 1, &frag(5, 0, 2, &over)),
             Outcome::Dropped(DropReason::OwnerBytes)
         );
+        assert_eq!(
+            r.insert(t, 1, &frag(4, 1, 2, b"x")),
+            Outcome::Dropped(DropReason::OwnerBytes)
+        );
+        assert_eq!(evicted(&mut r), 0);
         assert_eq!(r.owner_usage(1), (0, 0));
         assert_eq!(r.total_bytes(), per_chunk);
         check_invariants(&r);
+        // Not even a slot is freed for it.
+        let mut r = Reassembler::new(ReassemblyLimits {
+            max_partials_per_owner: 1,
+            ..r.limits().clone()
+        });
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 2, &c)), Outcome::Incomplete);
+        assert_eq!(
+            r.insert(t, 1, &frag(2, 0, 2, &over)),
+            Outcome::Dropped(DropReason::OwnerBytes)
+        );
+        assert_eq!((evicted(&mut r), r.owner_usage(1)), (0, (1, per_chunk)));
     }
 
     #[test]
-    fn total_bytes_limit() {
+    fn a_full_total_budget_is_shared_fairly() {
         let t = Instant::now();
-        let per_chunk = 100 + CHUNK_OVERHEAD;
+        let pc = 100 + CHUNK_OVERHEAD;
         let limits = ReassemblyLimits {
-            max_total_bytes: 3 * per_chunk,
+            max_total_bytes: 6 * pc,
+            max_bytes_per_owner: 6 * pc,
             ..ReassemblyLimits::default()
         };
         let mut r = Reassembler::new(limits);
         let c = [0u8; 100];
-        assert_eq!(r.insert(t, 1, &frag(1, 0, 3, &c)), Outcome::Incomplete);
-        assert_eq!(r.insert(t, 1, &frag(1, 1, 3, &c)), Outcome::Incomplete);
-        assert_eq!(r.insert(t, 2, &frag(1, 0, 3, &c)), Outcome::Incomplete);
+        let fair = |r: &mut Reassembler| {
+            let [(_, own), (_, fair)] = r.take_evictions();
+            assert_eq!(own, 0);
+            fair
+        };
+        // Owner 1 alone may take the whole budget: 3 messages of 2 chunks.
+        for id in 1..=3 {
+            for index in 0..2 {
+                let out = r.insert(t, 1, &frag(id, index, 4, &c));
+                assert_eq!(out, Outcome::Incomplete);
+            }
+        }
+        assert_eq!(r.total_bytes(), 6 * pc);
+        // Owner 2 is within its fair share (half): owner 1's oldest makes way.
+        assert_eq!(r.insert(t, 2, &frag(1, 0, 4, &c)), Outcome::Incomplete);
+        assert_eq!(fair(&mut r), 1);
+        assert_eq!(r.owner_usage(1), (2, 4 * pc));
+        assert_eq!(r.insert(t, 2, &frag(1, 1, 4, &c)), Outcome::Incomplete);
+        assert_eq!(fair(&mut r), 0);
+        // Up to exactly its share (3 chunks), again at the expense of the largest.
+        assert_eq!(r.insert(t, 2, &frag(2, 0, 4, &c)), Outcome::Incomplete);
+        assert_eq!(fair(&mut r), 1);
         assert_eq!(
-            r.insert(t, 3, &frag(1, 0, 3, &c)),
+            (r.owner_usage(1), r.owner_usage(2)),
+            ((1, 2 * pc), (2, 3 * pc))
+        );
+        assert_eq!(r.insert(t, 2, &frag(2, 1, 4, &c)), Outcome::Incomplete);
+        assert_eq!(r.total_bytes(), 6 * pc);
+        // Beyond its share, owner 2 competes with no one: its message is dropped.
+        assert_eq!(
+            r.insert(t, 2, &frag(2, 2, 4, &c)),
             Outcome::Dropped(DropReason::TotalBytes)
         );
+        assert_eq!(fair(&mut r), 0);
         assert_eq!(
-            r.insert(t, 2, &frag(1, 1, 3, &c)),
+            (r.owner_usage(1), r.owner_usage(2)),
+            ((1, 2 * pc), (1, 2 * pc))
+        );
+        assert_eq!(r.insert(t, 1, &frag(3, 2, 4, &c)), Outcome::Incomplete);
+        // A third owner: shares are now 2 chunks, and owner 1 holds the most.
+        assert_eq!(r.insert(t, 3, &frag(1, 0, 4, &c)), Outcome::Incomplete);
+        assert_eq!(r.total_bytes(), 6 * pc);
+        assert_eq!(r.insert(t, 3, &frag(1, 1, 4, &c)), Outcome::Incomplete);
+        assert_eq!(fair(&mut r), 1);
+        assert_eq!(r.owner_usage(1), (0, 0));
+        assert_eq!(
+            (r.owner_usage(2), r.owner_usage(3)),
+            ((1, 2 * pc), (1, 2 * pc))
+        );
+        check_invariants(&r);
+        // A chunk larger than the whole budget is refused outright.
+        let mut r = Reassembler::new(ReassemblyLimits {
+            max_bytes_per_owner: 100 * pc,
+            ..r.limits().clone()
+        });
+        assert_eq!(r.insert(t, 1, &frag(1, 0, 2, &c)), Outcome::Incomplete);
+        let huge = [0u8; 6 * 100 + 5 * CHUNK_OVERHEAD + 1];
+        assert_eq!(
+            r.insert(t, 2, &frag(1, 0, 2, &huge)),
             Outcome::Dropped(DropReason::TotalBytes)
         );
-        assert_eq!(r.owner_usage(2), (0, 0));
-        assert_eq!(r.total_bytes(), 2 * per_chunk);
+        assert_eq!(fair(&mut r), 0);
+        assert_eq!(r.total_bytes(), pc);
         check_invariants(&r);
     }
 
@@ -1016,10 +1375,7 @@ mod tests {
             for msg_id in 0..1000u32 {
                 for index in 0..64u16 {
                     let out = r.insert(t, owner, &frag(msg_id, index, u16::MAX, b"x"));
-                    assert!(matches!(
-                        out,
-                        Outcome::Incomplete | Outcome::Dropped(DropReason::TooManyPartials)
-                    ));
+                    assert_eq!(out, Outcome::Incomplete);
                     assert!(r.total_bytes() <= limits.max_total_bytes);
                     let (held, bytes) = r.owner_usage(owner);
                     assert!(held <= limits.max_partials_per_owner);
@@ -1028,7 +1384,16 @@ mod tests {
             }
             check_invariants(&r);
         }
-        assert_eq!(r.partials(), 4 * limits.max_partials_per_owner);
+        // Each new msg_id beyond the slots evicted its owner's oldest.
+        let slots = limits.max_partials_per_owner;
+        assert_eq!(
+            r.take_evictions(),
+            [
+                (DropReason::Evicted, 4 * (1000 - slots as u64)),
+                (DropReason::FairShare, 0)
+            ]
+        );
+        assert_eq!(r.partials(), 4 * slots);
         assert_eq!(
             r.total_bytes(),
             4 * limits.max_partials_per_owner * 64 * (1 + CHUNK_OVERHEAD)
@@ -1095,7 +1460,9 @@ mod tests {
                 "too_many_partials",
                 "owner_bytes",
                 "total_bytes",
-                "expired"
+                "expired",
+                "evicted",
+                "fair_share"
             ]
         );
         assert_eq!(DropReason::TooManyPartials.to_string(), "too_many_partials");
@@ -1115,7 +1482,7 @@ mod tests {
         let mut now = base;
         let mut r = Reassembler::new(limits.clone());
         let mut completed = 0;
-        let mut dropped = [0usize; 8];
+        let mut dropped = [0u64; DropReason::ALL.len()];
         for step in 0..200_000u32 {
             now += Duration::from_micros(rng.below(200));
             match rng.below(1000) {
@@ -1155,10 +1522,21 @@ mod tests {
                                 completed += 1;
                             }
                             Outcome::Dropped(why) => {
-                                assert_ne!(why, DropReason::Expired);
+                                assert!(
+                                    !matches!(
+                                        why,
+                                        DropReason::Expired
+                                            | DropReason::Evicted
+                                            | DropReason::FairShare
+                                    ),
+                                    "{why} reported by insert"
+                                );
                                 dropped[why as usize] += 1;
                             }
                             Outcome::Incomplete => {}
+                        }
+                        for (why, n) in r.take_evictions() {
+                            dropped[why as usize] += n;
                         }
                     }
                 }
@@ -1180,6 +1558,13 @@ mod tests {
             dropped.iter().filter(|&&n| n > 0).count() >= 5,
             "{dropped:?}"
         );
+        for why in [
+            DropReason::Evicted,
+            DropReason::FairShare,
+            DropReason::TotalBytes,
+        ] {
+            assert!(dropped[why as usize] > 0, "no {why}: {dropped:?}");
+        }
         // Everything left eventually expires.
         r.expire(now + limits.max_age);
         assert_eq!((r.partials(), r.total_bytes()), (0, 0));

@@ -4,7 +4,9 @@
 # stand-ins for OpenWrt's UCI and procd shell functions, then
 #  1. every flag `mcrelay serve --help` lists must come out of a config that
 #     sets every option (so a new serve flag without a UCI option fails here);
-#  2. the relay must start with the command line a loopback config yields.
+#  2. the relay must start with the command line a loopback config yields,
+#     as user mcrelay, with an admin token made on first start (and kept);
+#  3. without the mcrelay user no instance starts (never as root).
 # Usage: contrib/openwrt/check-init.sh [path/to/mcrelay]   (default: target/release/mcrelay)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -46,10 +48,19 @@ config_foreach() {
 	return 0
 }
 network_get_ipaddr() { case "$2" in lan) local -n out="$1"; out=127.0.0.1 ;; *) return 1 ;; esac; }
-procd_open_instance() { CMD=(); }
-procd_set_param() { [ "$1" = command ] && { shift; CMD=("$@"); }; return 0; }
+procd_open_instance() { CMD=(); RUN_AS=root; }
+procd_set_param() {
+	case "$1" in
+	command) shift; CMD=("$@") ;;
+	user) RUN_AS="$2" ;;
+	esac
+	return 0
+}
 procd_append_param() { [ "$1" = command ] && { shift; CMD+=("$@"); }; return 0; }
-procd_close_instance() { printf '%q ' "${CMD[@]}" >> "$work/commands"; echo >> "$work/commands"; }
+procd_close_instance() {
+	printf '%q ' "${CMD[@]}" >> "$work/commands"; echo >> "$work/commands"
+	echo "$RUN_AS" >> "$work/users"
+}
 logger() { echo "logger: $*" >> "$work/log"; }
 mkdir() { :; }
 chmod() { :; }
@@ -59,14 +70,21 @@ chown() { :; }
 . "$here/files/mcrelay.init"
 PROG="$bin"
 NETWORK_FUNCTIONS=/dev/null # network_get_ipaddr is the stand-in above
+KEY_DIR="$work/etc-mcrelay"
+command mkdir -m 0700 "$KEY_DIR"
+PASSWD="$work/passwd"
+echo 'mcrelay:x:5007:5007:mcrelay:/var/run/mcrelay:/bin/false' > "$PASSWD"
 
 run_init() {
 	UCI_FILE="$1"
 	: > "$work/commands"
-	# Init scripts run without errexit: `[ -n "$x" ] && ...` may end a function.
-	set +e
+	: > "$work/users"
+	: > "$work/log"
+	# Init scripts run without errexit or pipefail (plain /bin/sh):
+	# `[ -n "$x" ] && ...` may end a function.
+	set +e +o pipefail
 	start_service
-	set -e
+	set -e -o pipefail
 }
 
 # 1. Every option set: every serve flag must appear.
@@ -118,6 +136,7 @@ for flag in $("$bin" serve --help | grep -o '^ *--[a-z-]*' | tr -d ' '); do
 done
 [ "$missing" = 0 ] || exit 1
 case "$cmd" in *"--iface 127.0.0.1 --iface 10.0.0.1 "*) ;; *) echo "FAIL: ifaces not resolved: $cmd"; exit 1 ;; esac
+[ "$(cat "$work/users")" = mcrelay ] || { echo "FAIL: the instance does not run as mcrelay: $(cat "$work/users")"; exit 1; }
 echo "ok: every 'mcrelay serve' flag has a UCI option"
 
 # 2. A loopback instance: the relay must accept the command line and start.
@@ -132,6 +151,14 @@ config mcrelay 'main'
 UCI
 run_init "$work/loop"
 command mkdir -m 0700 "$work/key"
+token="$KEY_DIR/main.admin-token"
+[ "$(cat "$work/users")" = mcrelay ] || { echo "FAIL: the instance does not run as mcrelay"; exit 1; }
+case "$(cat "$work/commands")" in *"--admin-token-file $token "*) ;; *) echo "FAIL: no admin token: $(cat "$work/commands")"; exit 1 ;; esac
+[ "$(stat -c %a "$token")" = 600 ] || { echo "FAIL: admin token mode $(stat -c %a "$token")"; exit 1; }
+[ "$(tr -dc 'A-Za-z0-9' < "$token" | wc -c)" = 32 ] && [ "$(wc -c < "$token")" = 32 ] || { echo "FAIL: admin token is not 32 characters: $(wc -c < "$token")"; exit 1; }
+first="$(cat "$token")"
+run_init "$work/loop"
+[ "$(cat "$token")" = "$first" ] || { echo "FAIL: the admin token changed on the second start"; exit 1; }
 eval "set -- $(cat "$work/commands")"
 "$@" 2> "$work/relay.log" &
 pid=$!
@@ -145,3 +172,11 @@ wait "$pid" 2>/dev/null || true
 grep -q "listening on udp" "$work/relay.log" || { echo "FAIL: the relay did not start with: $*"; cat "$work/relay.log"; exit 1; }
 [ -f "$work/key/main.pem" ] || { echo "FAIL: no key file created"; exit 1; }
 echo "ok: the relay starts with the command line the init script builds"
+
+# 3. No mcrelay user: refuse, rather than run the relay as root.
+PASSWD="$work/passwd-without-mcrelay"
+echo 'root:x:0:0:root:/root:/bin/ash' > "$PASSWD"
+run_init "$work/loop"
+[ ! -s "$work/commands" ] || { echo "FAIL: an instance started without the mcrelay user:"; cat "$work/commands"; exit 1; }
+grep -q "user 'mcrelay' is missing" "$work/log" || { echo "FAIL: no log line for the missing user"; cat "$work/log"; exit 1; }
+echo "ok: no instance runs as root when the mcrelay user is missing"

@@ -2,9 +2,43 @@
 //! It puts the sans-IO [`ClientCore`] (handshake, Fernet sessions,
 //! fragmentation both ways, the anti-replay window on receive) on a socket
 //! and adds retries, timeouts, optional automatic keepalives and optional
-//! automatic recovery after the server forgot the session (REJECT
-//! UNKNOWN_SESSION, a restart, SERVER_CLOSING). Used by `mcrelay
-//! chat/send/listen`, the examples and the tests.
+//! automatic recovery after the server forgot the session (a restart, a
+//! timeout, SERVER_CLOSING). Used by `mcrelay chat/send/listen`, the
+//! examples and the tests.
+//!
+//! # Recovery and forged datagrams
+//!
+//! The core treats a REJECT as a hint (see [`crate::client`]); this shell
+//! decides when to act, with these rules:
+//!
+//! - Only datagrams from the server's address reach the core (for a group
+//!   target, once a server answered): another socket cannot even deliver
+//!   a hint; forging one takes forging the server's address.
+//! - A hint (REJECT 1 or 2 while established) starts a re-handshake in the
+//!   background 200 ms later, and never sooner than a second after the
+//!   previous HELLO; then one HELLO a second until welcomed. An authentic
+//!   token under the established session before the new SESSION_KEY goes
+//!   out cancels it: the hint was false (a busy session is never re-keyed
+//!   by forged hints). So forged hints cost the server at most one
+//!   handshake a second, and the session keeps working meanwhile.
+//! - The interval never grows. A backoff would let a stranger who forges
+//!   hints push a real recovery minutes away; and since the server's own
+//!   REJECTs share a budget that strangers can spend, each keepalive
+//!   answered by a REJECT 1 may be the only one the client gets.
+//! - A background handshake not welcomed within the handshake timeout (the
+//!   one given to [`UdpClient::connect`]) means the session is gone: the
+//!   old session is dropped and HELLOs go out from scratch (to the group
+//!   again when the target is one).
+//! - Recovery stops for good only when two handshakes in a row were
+//!   refused with REJECT 2 and not welcomed: [`UdpClient::recv`] returns
+//!   [`ConnectError::Rejected`]. REJECT 3 (server full) is reported and
+//!   retried. A SERVER_KEY that does not match the pin is ignored; only
+//!   when no other key was accepted for a whole handshake timeout does
+//!   `recv` return [`ConnectError::Pin`].
+//! - [`UdpClient::connect`] follows the same rules for a first handshake:
+//!   a refusal counts only if no WELCOME overtakes it within 250 ms, two
+//!   refused attempts in a row fail, a wrong key is waited out until the
+//!   timeout.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -40,8 +74,31 @@ use crate::wire::RejectReason;
 /// How long to wait for an answer before sending HELLO again.
 const RETRY: Duration = Duration::from_millis(700);
 
+/// How long a refusal waits for a WELCOME racing it before it counts.
+const REFUSAL_GRACE: Duration = Duration::from_millis(250);
+
+/// Handshake attempts in a row refused (and not welcomed) that end it.
+const REFUSALS_TO_STOP: u32 = 2;
+
+/// How long a hint waits for the established session to prove it false
+/// before the re-handshake goes out.
+const HINT_GRACE: Duration = Duration::from_millis(200);
+
 /// A keepalive interval well inside the server's default 60 s client timeout.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Largest message body [`UdpClient::send`] accepts (49,046 bytes): the
+/// relay's copy of it (SEQ, the longest SENDER_ID `255.255.255.255:65535`,
+/// BODY) must still fit in one TLV once sealed as a Fernet token.
+pub const MAX_BODY_LEN: usize = {
+    // A Fernet token is the padded base64url of version (1) + timestamp (8)
+    // + IV (16) + AES-CBC ciphertext + HMAC (32) = 57 bytes + ciphertext.
+    let raw = crate::wire::tlv::MAX_VALUE_LEN / 4 * 3;
+    // PKCS#7 always adds 1..=16 bytes, up to a multiple of 16.
+    let plain = (raw - 57) / 16 * 16 - 1;
+    let (seq, sender_id, body_header) = (4 + 8, 4 + 21, 4);
+    plain - seq - sender_id - body_header
+};
 
 /// Where the client sends.
 #[derive(Clone, Copy, Debug)]
@@ -66,9 +123,9 @@ pub enum Target {
 pub enum ConnectError {
     /// Socket error.
     Io(io::Error),
-    /// The server's key did not match the pin.
+    /// Only keys other than the pinned one answered before the timeout.
     Pin(ClientError),
-    /// The server refused the session.
+    /// The server refused the session (two handshakes in a row).
     Rejected(RejectReason),
     /// No answer in time.
     Timeout,
@@ -117,8 +174,66 @@ pub struct UdpClient {
     last_sent: Instant,
     keepalive_every: Option<Duration>,
     reconnect_every: Option<Duration>,
-    /// Next HELLO of an automatic recovery; None while not recovering.
-    rehello_at: Option<Instant>,
+    /// The automatic recovery under way, if any.
+    recovery: Option<Recovery>,
+    /// When the last HELLO went out: hints never make them more frequent
+    /// than `reconnect_every`.
+    last_hello: Option<Instant>,
+    /// The timeout of the last [`UdpClient::connect`]; recoveries use it too.
+    handshake_timeout: Duration,
+    /// The last SERVER_KEY refused because of the pin, for the error.
+    pin_mismatch: Option<ClientError>,
+}
+
+/// An automatic recovery: from a hint or a loss until a new WELCOME.
+struct Recovery {
+    /// When it started.
+    since: Instant,
+    /// When the next HELLO goes out.
+    next_hello: Instant,
+    /// [`ClientCore::authentic`] when a hint started it: if that grows
+    /// before the first HELLO, the hint was false. None after a real loss.
+    authentic_at_hint: Option<u64>,
+    /// The event that tells the caller, once the first HELLO goes out.
+    report: Option<ClientEvent>,
+    /// A SERVER_KEY matching the pin (or any, unpinned) was accepted.
+    key_accepted: bool,
+    /// [`ClientCore::pin_mismatches`] when it started.
+    pins_at_start: u64,
+    tries: Tries,
+}
+
+/// The attempts of one handshake (first connection or recovery).
+#[derive(Default)]
+struct Tries {
+    /// When the current attempt's HELLO went out.
+    started: Option<Instant>,
+    /// When its refusal was first seen.
+    refused_at: Option<Instant>,
+    /// Attempts in a row refused and not welcomed.
+    refused: u32,
+}
+
+impl Tries {
+    /// Ends the current attempt, which got `refusal` (and no WELCOME):
+    /// the reason to stop, once attempts in a row were refused for `stop_on`.
+    fn conclude(
+        &mut self,
+        refusal: Option<RejectReason>,
+        stop_on: &[RejectReason],
+    ) -> Option<RejectReason> {
+        self.refused_at = None;
+        match refusal {
+            Some(r) if stop_on.contains(&r) => {
+                self.refused += 1;
+                (self.refused >= REFUSALS_TO_STOP).then_some(r)
+            }
+            _ => {
+                self.refused = 0;
+                None
+            }
+        }
+    }
 }
 
 impl UdpClient {
@@ -164,7 +279,10 @@ impl UdpClient {
             last_sent: Instant::now(),
             keepalive_every: None,
             reconnect_every: None,
-            rehello_at: None,
+            recovery: None,
+            last_hello: None,
+            handshake_timeout: Duration::from_secs(5),
+            pin_mismatch: None,
         })
     }
 
@@ -176,22 +294,25 @@ impl UdpClient {
         self.keepalive_every = every;
     }
 
-    /// Makes the client recover by itself (None: never). After REJECT
-    /// UNKNOWN_SESSION (the server restarted or timed us out) or
-    /// SERVER_CLOSING, [`UdpClient::recv`] sends HELLO at once and then
-    /// every `every` until a new WELCOME arrives. The events of the new
-    /// handshake (`ServerKey`, `Welcome`) come out of `recv` so the caller
-    /// can tell the user; a pinned key is still checked.
+    /// Makes the client recover by itself (None: never). A REJECT 1 or 2
+    /// while established is taken as a hint and answered by a handshake in
+    /// the background (the session keeps working meanwhile); after
+    /// SERVER_CLOSING, HELLOs go out from scratch. Either way one HELLO
+    /// every `every` (at most; a second is right) until a new WELCOME,
+    /// following the rules of the module doc. The events of the new
+    /// handshake (`ServerKey`, `Welcome`) come out of [`UdpClient::recv`]
+    /// so the caller can tell the user, preceded by the `Rejected` hint
+    /// that started it; a pinned key is still checked.
     pub fn set_auto_reconnect(&mut self, every: Option<Duration>) {
         self.reconnect_every = every;
         if every.is_none() {
-            self.rehello_at = None;
+            self.recovery = None;
         }
     }
 
     /// True while an automatic recovery is waiting for a new WELCOME.
     pub fn is_reconnecting(&self) -> bool {
-        self.rehello_at.is_some()
+        self.recovery.is_some()
     }
 
     /// The local address the server will know us by (port part).
@@ -212,6 +333,11 @@ impl UdpClient {
     /// Datagrams the core dropped.
     pub fn dropped(&self) -> u64 {
         self.core.dropped
+    }
+
+    /// SERVER_KEYs ignored because they did not match the pin.
+    pub fn pin_mismatches(&self) -> u64 {
+        self.core.pin_mismatches()
     }
 
     /// True while a session is established.
@@ -245,54 +371,77 @@ impl UdpClient {
         Ok(())
     }
 
-    /// Sends a HELLO, aimed at the group again when the target is one, so
-    /// that whichever server now answers there is found.
-    fn send_hello(&mut self) -> io::Result<()> {
-        if let Target::Multicast { group, port, .. } = self.target {
-            self.dest = SocketAddr::from((group, port));
-            self.server = None;
-        }
-        let hello = self.core.hello();
+    /// Sends a HELLO. `fresh` starts from scratch (aimed at the group
+    /// again when the target is one, so that whichever server now answers
+    /// there is found); otherwise the handshake runs in the background of
+    /// the established session, with the server it has.
+    fn send_hello(&mut self, fresh: bool) -> io::Result<()> {
+        let hello = if fresh {
+            if let Target::Multicast { group, port, .. } = self.target {
+                self.dest = SocketAddr::from((group, port));
+                self.server = None;
+            }
+            self.core.hello()
+        } else {
+            self.core.rehandshake()
+        };
+        self.last_hello = Some(Instant::now());
         self.send_raw(&hello)
     }
 
     /// Runs the handshake until WELCOME; returns our id. Events that arrive
     /// meanwhile are kept for [`UdpClient::recv`]. Calling it again starts
-    /// a new session (the server replaces the old key).
+    /// a new session (the server replaces the old key). Forged answers are
+    /// waited out (module doc): a wrong key until `timeout`, a refusal for
+    /// 250 ms.
     pub fn connect(&mut self, timeout: Duration) -> Result<String, ConnectError> {
         let deadline = Instant::now() + timeout;
-        self.rehello_at = None;
-        self.send_hello()?;
-        let mut retry_at = Instant::now() + RETRY;
+        self.handshake_timeout = timeout;
+        self.recovery = None;
+        self.pin_mismatch = None;
+        let pins_before = self.core.pin_mismatches();
+        let mut key_accepted = false;
+        let mut last_refusal = None;
+        let mut tries = Tries::default();
+        let stop_on = [RejectReason::AuthFailed, RejectReason::ServerFull];
+        let mut retry_at = Instant::now();
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ConnectError::Timeout);
-            }
-            if now >= retry_at {
-                // Lost HELLO, answer or SESSION_KEY: start over; the server
-                // treats a repeated handshake as a re-key.
-                self.send_hello()?;
-                retry_at = now + RETRY;
-            }
-            self.pump(retry_at.min(deadline))?;
             while let Some(i) = self.events.iter().position(is_handshake_event) {
                 match self.events.remove(i) {
-                    Some(ClientEvent::Welcome { id }) => {
-                        // A REJECT answering a datagram of the old session
-                        // may have armed a recovery meanwhile: not needed.
-                        self.rehello_at = None;
-                        return Ok(id);
-                    }
-                    Some(ClientEvent::Rejected(
-                        RejectReason::BadCookie | RejectReason::UnknownSession,
-                    )) => {
-                        retry_at = Instant::now(); // stale cookie: HELLO again
-                    }
-                    Some(ClientEvent::Rejected(r)) => return Err(ConnectError::Rejected(r)),
-                    _ => {}
+                    Some(ClientEvent::Welcome { id }) => return Ok(id),
+                    Some(ClientEvent::ServerKey { .. }) => key_accepted = true,
+                    _ => {} // refusals are read from the core, with their timing
                 }
             }
+            let now = Instant::now();
+            if let Some(r) = self.core.refusal() {
+                last_refusal = Some(r);
+                let at = *tries.refused_at.get_or_insert(now);
+                // No WELCOME overtook it: this attempt is over.
+                retry_at = retry_at.min(at + REFUSAL_GRACE);
+            }
+            if now >= retry_at {
+                if tries.started.is_some() {
+                    if let Some(r) = tries.conclude(self.core.refusal(), &stop_on) {
+                        return Err(ConnectError::Rejected(r));
+                    }
+                }
+                // Lost HELLO, answer or SESSION_KEY, or a stale cookie: start
+                // over; the server treats a repeated handshake as a re-key.
+                self.send_hello(true)?;
+                tries.started = Some(now);
+                retry_at = now + RETRY;
+            }
+            if now >= deadline {
+                return Err(match (last_refusal, self.pin_mismatch.take()) {
+                    (Some(r), _) if stop_on.contains(&r) => ConnectError::Rejected(r),
+                    (_, Some(e)) if !key_accepted && self.core.pin_mismatches() > pins_before => {
+                        ConnectError::Pin(e)
+                    }
+                    _ => ConnectError::Timeout,
+                });
+            }
+            self.pump(retry_at.min(deadline))?;
         }
     }
 
@@ -337,42 +486,123 @@ impl UdpClient {
                 &mut self.out,
                 &mut self.scratch_events,
             );
+            if let Err(e) = r {
+                // Someone else's key: ignored, the handshake waits on.
+                self.pin_mismatch = Some(e);
+            }
             if self.server.is_none() && !self.out.is_empty() {
                 // Answered a SERVER_KEY sent to the group: talk unicast from now on.
                 self.server = Some(from);
                 self.dest = from;
             }
             self.flush()?;
-            for e in self.scratch_events.drain(..) {
-                match &e {
-                    ClientEvent::ServerKey { fingerprint } => {
-                        self.fingerprint = Some(fingerprint.clone())
-                    }
-                    ClientEvent::Welcome { .. } => self.rehello_at = None,
-                    ClientEvent::Rejected(RejectReason::UnknownSession)
-                    | ClientEvent::ServerClosing
-                        if self.reconnect_every.is_some() && self.rehello_at.is_none() =>
-                    {
-                        self.rehello_at = Some(Instant::now());
-                    }
-                    _ => {}
-                }
-                self.events.push_back(e);
-            }
-            r.map_err(ConnectError::Pin)?;
+            self.after_datagram();
         }
         Ok(())
     }
 
-    /// Sends what the keepalive and recovery timers ask for; returns when
-    /// they next need attention.
-    fn run_timers(&mut self, now: Instant) -> io::Result<Option<Instant>> {
-        if let (Some(at), Some(every)) = (self.rehello_at, self.reconnect_every) {
-            if now >= at {
-                self.send_hello()?;
-                self.rehello_at = Some(now + every);
+    /// Files the core's events and hint after a datagram.
+    fn after_datagram(&mut self) {
+        let now = Instant::now();
+        // With recovery on, REJECTs are this shell's business: it reports
+        // the hints it acts on, and refusals of its own handshakes.
+        let filter = self.reconnect_every.is_some()
+            && (self.core.is_established() || self.recovery.is_some());
+        for e in self.scratch_events.drain(..) {
+            match &e {
+                ClientEvent::ServerKey { fingerprint } => {
+                    self.fingerprint = Some(fingerprint.clone());
+                    if let Some(rec) = &mut self.recovery {
+                        rec.key_accepted = true;
+                    }
+                }
+                ClientEvent::Welcome { .. }
+                    if self.core.is_established() && !self.core.is_rehandshaking() =>
+                {
+                    self.recovery = None
+                }
+                ClientEvent::ServerClosing if self.reconnect_every.is_some() => {
+                    self.recovery = Some(Recovery::new(now, now, None, &self.core));
+                }
+                ClientEvent::Rejected(r)
+                    if filter
+                        && !(*r == RejectReason::ServerFull && self.core.refusal() == Some(*r)) =>
+                {
+                    continue
+                }
+                _ => {}
+            }
+            self.events.push_back(e);
+        }
+        let hint = self.core.take_hint();
+        if let (Some(r), Some(every), None) = (hint, self.reconnect_every, &self.recovery) {
+            let mut at = now + HINT_GRACE;
+            if let Some(last) = self.last_hello {
+                at = at.max(last + every);
+            }
+            let mut rec = Recovery::new(now, at, Some(self.core.authentic()), &self.core);
+            rec.report = Some(ClientEvent::Rejected(r));
+            self.recovery = Some(rec);
+        }
+    }
+
+    /// Runs the recovery: HELLOs when due, and the end of it (welcomed,
+    /// proven false, or refused for good). Returns when it next needs
+    /// attention.
+    fn run_recovery(&mut self, now: Instant) -> Result<Option<Instant>, ConnectError> {
+        let (Some(rec), Some(every)) = (&mut self.recovery, self.reconnect_every) else {
+            return Ok(None);
+        };
+        let established = self.core.is_established();
+        let welcomed = established && !self.core.is_rehandshaking() && rec.tries.started.is_some();
+        let refuted = rec.tries.started.is_none()
+            && rec
+                .authentic_at_hint
+                .is_some_and(|a| self.core.authentic() > a);
+        if welcomed || refuted {
+            // Ended without a WELCOME (the established session proved the
+            // hint false): a caller told of the hint hears that all is well.
+            let told = rec.authentic_at_hint.is_some() && rec.report.is_none();
+            if let (true, Some(id)) = (told, self.core.id()) {
+                let id = id.to_owned();
+                self.events.push_back(ClientEvent::Welcome { id });
+            }
+            self.recovery = None;
+            return Ok(None);
+        }
+        if now < rec.next_hello {
+            return Ok(Some(rec.next_hello));
+        }
+        if rec.tries.started.is_some() {
+            let refusal = self.core.refusal();
+            if let Some(r) = rec.tries.conclude(refusal, &[RejectReason::AuthFailed]) {
+                self.recovery = None;
+                return Err(ConnectError::Rejected(r));
             }
         }
+        let lost = now.saturating_duration_since(rec.since) >= self.handshake_timeout;
+        if lost && !rec.key_accepted && self.core.pin_mismatches() > rec.pins_at_start {
+            if let Some(e) = self.pin_mismatch.take() {
+                self.recovery = None;
+                return Err(ConnectError::Pin(e));
+            }
+        }
+        if let Some(e) = rec.report.take() {
+            self.events.push_back(e);
+        }
+        rec.tries.started = Some(now);
+        rec.next_hello = now + every;
+        let next = rec.next_hello;
+        // A background handshake not welcomed within the timeout: the
+        // session is gone, start from scratch.
+        self.send_hello(lost || !established)?;
+        Ok(Some(next))
+    }
+
+    /// Sends what the keepalive and recovery timers ask for; returns when
+    /// they next need attention.
+    fn run_timers(&mut self, now: Instant) -> Result<Option<Instant>, ConnectError> {
+        let recovery_at = self.run_recovery(now)?;
         let keepalive_at = match self.keepalive_every {
             Some(every) if self.core.is_established() => {
                 if now >= self.last_sent + every {
@@ -382,14 +612,16 @@ impl UdpClient {
             }
             _ => None,
         };
-        Ok(match (self.rehello_at, keepalive_at) {
+        Ok(match (recovery_at, keepalive_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
     }
 
     /// The next event, or None after `timeout`. Keepalives and recovery
-    /// HELLOs go out from here while it waits.
+    /// HELLOs go out from here while it waits. An error from an automatic
+    /// recovery (refused twice, or only another key than the pinned one
+    /// for a whole handshake timeout) ends it.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<ClientEvent>, ConnectError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -405,9 +637,21 @@ impl UdpClient {
         }
     }
 
-    /// Sends a message; false if no session is established or the message
-    /// is too large for one token (about 48 KiB).
+    /// Sends a message; false if no session is established.
+    ///
+    /// # Errors
+    /// `InvalidInput` (and nothing sent) if `body` is longer than
+    /// [`MAX_BODY_LEN`]; otherwise socket errors.
     pub fn send(&mut self, body: &[u8]) -> io::Result<bool> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "message of {} bytes is over the maximum of {MAX_BODY_LEN}",
+                    body.len()
+                ),
+            ));
+        }
         let ok = self.core.send(body, &mut self.out);
         self.flush()?;
         Ok(ok)
@@ -422,10 +666,29 @@ impl UdpClient {
 
     /// Sends BYE and ends the session (and any automatic recovery).
     pub fn bye(&mut self) -> io::Result<bool> {
-        self.rehello_at = None;
+        self.recovery = None;
         let ok = self.core.bye(&mut self.out);
         self.flush()?;
         Ok(ok)
+    }
+}
+
+impl Recovery {
+    fn new(
+        now: Instant,
+        first: Instant,
+        authentic_at_hint: Option<u64>,
+        core: &ClientCore,
+    ) -> Self {
+        Recovery {
+            since: now,
+            next_hello: first,
+            authentic_at_hint,
+            report: None,
+            key_accepted: false,
+            pins_at_start: core.pin_mismatches(),
+            tries: Tries::default(),
+        }
     }
 }
 

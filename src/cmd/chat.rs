@@ -20,9 +20,11 @@ Each line typed is sent as one message. Relayed messages print as
 `[ip:port] text` (control characters and bytes that are not UTF-8 escaped, e.g.
 \\n, \\x1b, \\xff, \\\\), notices as `* ID joined`, `* ID left (REASON)`,
 `* server closing; reconnecting`. Keepalives go out by themselves; a lost
-session (server restart, SERVER_CLOSING) is re-established by itself every
-second and `* reconnected as ID` says when. End of input (Ctrl-D), Ctrl-C or
-SIGTERM says BYE and exits 0.
+session (server restart, SERVER_CLOSING, `* session lost (REASON);
+reconnecting`) is re-established by itself, at most one handshake a second,
+and `* reconnected as ID` says when. A REJECT, which anyone can forge, only
+makes the client handshake again while the session keeps working. End of
+input (Ctrl-D), Ctrl-C or SIGTERM says BYE and exits 0.
 
 ";
 

@@ -25,9 +25,10 @@ CONNECTION (unicast unless --group is given):
     --ttl N               multicast TTL (with --group); 0 keeps it on this host [default: 1]
 
 SECURITY:
-    --pin SHA256          refuse a server whose key has another fingerprint (the 64 hex
-                          digits `mcrelay fingerprint` prints) [default: none: trust on
-                          first use; the fingerprint is printed on stderr to pin later]
+    --pin SHA256          ignore answers whose key has another fingerprint, waiting for
+                          this one until --timeout (the 64 hex digits `mcrelay
+                          fingerprint` prints) [default: none: trust on first use;
+                          the fingerprint is printed on stderr to pin later]
     --token-file PATH     access token to present, one trailing newline ignored
                           [default: none]
 

@@ -24,8 +24,12 @@ USAGE:
 Lines: `* connected as ID` first, then `[ip:port] text` for a message (control
 characters and bytes that are not UTF-8 escaped, e.g. \\n, \\x1b, \\xff, \\\\),
 `* ID joined`, `* ID left (REASON)`, `* server closing; reconnecting`,
-`* session lost ...; reconnecting`, `* reconnected as ID`. A lost session is
-re-established by itself. Ctrl-C or SIGTERM says BYE and exits 0.
+`* session lost (REASON); reconnecting`, `* reconnected as ID`. A lost session
+is re-established by itself, at most one handshake a second; a REJECT (which
+anyone can forge) only makes the client handshake again, while the session
+keeps working. It exits non-zero only when the server refuses a new handshake
+twice in a row, or when only keys other than --pin answer for --timeout.
+Ctrl-C or SIGTERM says BYE and exits 0.
 
 OUTPUT:
     --json                one JSON object per line instead [default: off]:
@@ -34,7 +38,7 @@ OUTPUT:
                           exact bytes when the body is not UTF-8; \"text\" is then escaped
                           as above), {\"event\":\"joined\",\"id\":..},
                           {\"event\":\"left\",\"id\":..,\"reason\":..},
-                          {\"event\":\"server_closing\"}, {\"event\":\"session_lost\"},
+                          {\"event\":\"server_closing\"}, {\"event\":\"session_lost\",\"reason\":..},
                           {\"event\":\"reconnected\",\"id\":..}, {\"event\":\"server_full\"}
 
 ";
@@ -187,22 +191,25 @@ impl Printer {
                     Json => json(&[("event", "server_closing")]),
                 }
             }
-            (ClientEvent::Rejected(RejectReason::UnknownSession), f) => {
+            // A hint the client acts on by handshaking again (possibly
+            // forged: the old session keeps working meanwhile).
+            (
+                ClientEvent::Rejected(
+                    r @ (RejectReason::UnknownSession | RejectReason::AuthFailed),
+                ),
+                f,
+            ) => {
                 if std::mem::replace(&mut self.lost, true) {
-                    return Ok(()); // every datagram sent meanwhile gets one
+                    return Ok(()); // said once until the next WELCOME
                 }
+                let why = match r {
+                    RejectReason::UnknownSession => "the server no longer knows this client",
+                    _ => "the server reports an authentication failure",
+                };
                 match f {
-                    Text => "* session lost (the server no longer knows this client); \
-                             reconnecting"
-                        .into(),
-                    Json => json(&[("event", "session_lost")]),
+                    Text => format!("* session lost ({why}); reconnecting"),
+                    Json => json(&[("event", "session_lost"), ("reason", why)]),
                 }
-            }
-            (ClientEvent::Rejected(RejectReason::AuthFailed), _) => {
-                return Err(format!(
-                    "the server refused the session: {}",
-                    client_args::reject_text(RejectReason::AuthFailed)
-                ));
             }
             (ClientEvent::Rejected(RejectReason::ServerFull), f) => {
                 if self.refused.replace(RejectReason::ServerFull).is_some() {

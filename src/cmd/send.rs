@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 
+use mcrelay::MAX_BODY_LEN;
+
 use super::client_args;
 
 const HELP: &str = "\
@@ -17,8 +19,9 @@ USAGE:
 MESSAGE is sent as it is; without it (or with `-`) all of stdin is, minus one
 trailing newline. Exits 0 once the server welcomed the session and the message
 went out; non-zero, with a one-line error, if the server is silent for the
-timeout, refuses the session (e.g. wrong token) or presents another key than
---pin. Messages over about 48 KiB are refused.
+timeout, refuses the session twice (e.g. wrong token), or only keys other than
+--pin answer within the timeout (a forged answer is waited out, not obeyed).
+Messages over 49046 bytes (about 48 KiB) are refused before anything is sent.
 
 ";
 
@@ -33,12 +36,18 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     if body.is_empty() {
         return Err("the message is empty; nothing to send".into());
     }
+    if body.len() > MAX_BODY_LEN {
+        return Err(format!(
+            "the message is {} bytes; at most {MAX_BODY_LEN} fit in one message",
+            body.len()
+        ));
+    }
     let mut c = client_args::connect(&a)?;
     let sent = c.send(&body).map_err(|e| format!("cannot send: {e}"));
     let bye = c.bye().map_err(|e| format!("cannot send BYE: {e}"));
     match sent? {
         true => bye.map(drop),
-        false => Err(format!("message too large ({} bytes)", body.len())),
+        false => Err("the session ended before the message went out".into()),
     }
 }
 

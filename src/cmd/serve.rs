@@ -1,7 +1,10 @@
 //! `mcrelay serve`: flags → config → sockets → the loop.
 
+use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn, LevelFilter};
@@ -100,7 +103,8 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     }
     // The kernel's usual 208 KiB holds only ~2 ms of a 100k/s flood; a bigger
     // buffer lets legitimate handshakes survive bursts.
-    listen.recv_buffer = Some(opt(&mut args, "--recv-buffer")?.unwrap_or(1 << 20));
+    listen.recv_buffer =
+        Some(ranged(&mut args, "--recv-buffer", 1024..=1 << 30)?.unwrap_or(1 << 20));
     let mut config = defaults.clone();
     config.max_datagram = opt(&mut args, "--max-datagram")?.unwrap_or(config.max_datagram);
     if !(548..=65507).contains(&config.max_datagram) {
@@ -111,33 +115,41 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     }
     let key_file: Option<String> = opt(&mut args, "--key-file")?;
     let token_file: Option<String> = opt(&mut args, "--token-file")?;
+    // Ranges: 0 (or a huge value) would switch a limit off or make it
+    // meaningless; a typo must fail at start, not at 3 a.m.
     let secs = |v: Option<u64>, d: Duration| v.map(Duration::from_secs).unwrap_or(d);
-    config.client_timeout = secs(opt(&mut args, "--client-timeout")?, config.client_timeout);
-    if config.client_timeout.is_zero() {
-        return Err("--client-timeout must be at least 1".into());
-    }
-    config.max_clients = opt(&mut args, "--max-clients")?.unwrap_or(config.max_clients);
-    config.handshake_rate = opt(&mut args, "--handshake-rate")?.unwrap_or(config.handshake_rate);
-    config.handshake_burst = opt(&mut args, "--handshake-burst")?.unwrap_or(config.handshake_burst);
-    config.rsa_rate = opt(&mut args, "--rsa-rate")?.unwrap_or(config.rsa_rate);
+    config.client_timeout = secs(
+        ranged(&mut args, "--client-timeout", 1..=86_400)?,
+        config.client_timeout,
+    );
+    const MANY: u32 = 1_000_000;
+    config.max_clients =
+        ranged(&mut args, "--max-clients", 1..=MANY as usize)?.unwrap_or(config.max_clients);
+    config.handshake_rate =
+        ranged(&mut args, "--handshake-rate", 1..=MANY)?.unwrap_or(config.handshake_rate);
+    config.handshake_burst =
+        ranged(&mut args, "--handshake-burst", 1..=MANY)?.unwrap_or(config.handshake_burst);
+    config.rsa_rate = ranged(&mut args, "--rsa-rate", 1..=MANY)?.unwrap_or(config.rsa_rate);
+    const GIB: usize = 1 << 30;
     let r = &mut config.reassembly;
     r.max_partials_per_owner =
-        opt(&mut args, "--reassembly-partials")?.unwrap_or(r.max_partials_per_owner);
+        ranged(&mut args, "--reassembly-partials", 1..=1024)?.unwrap_or(r.max_partials_per_owner);
     r.max_bytes_per_owner =
-        opt(&mut args, "--reassembly-client-bytes")?.unwrap_or(r.max_bytes_per_owner);
-    r.max_total_bytes = opt(&mut args, "--reassembly-total-bytes")?.unwrap_or(r.max_total_bytes);
+        ranged(&mut args, "--reassembly-client-bytes", 1..=GIB)?.unwrap_or(r.max_bytes_per_owner);
+    r.max_total_bytes =
+        ranged(&mut args, "--reassembly-total-bytes", 1..=GIB)?.unwrap_or(r.max_total_bytes);
     r.max_message_bytes =
-        opt(&mut args, "--reassembly-message-bytes")?.unwrap_or(r.max_message_bytes);
-    r.max_age = secs(opt(&mut args, "--reassembly-age")?, r.max_age);
+        ranged(&mut args, "--reassembly-message-bytes", 1..=GIB)?.unwrap_or(r.max_message_bytes);
+    r.max_age = secs(ranged(&mut args, "--reassembly-age", 1..=3600)?, r.max_age);
     let admin_bind: IpAddr =
         opt(&mut args, "--admin-bind")?.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let admin_port: u16 = opt(&mut args, "--admin-port")?.unwrap_or(5008);
     let no_admin = args.contains("--no-admin");
-    let admin_max_sessions: usize = opt(&mut args, "--admin-max-sessions")?.unwrap_or(4);
+    let admin_max_sessions = ranged(&mut args, "--admin-max-sessions", 1..=64)?.unwrap_or(4);
     let admin_token_file: Option<String> = opt(&mut args, "--admin-token-file")?;
     let admin_insecure = args.contains("--admin-insecure");
     let level: LevelFilter = opt(&mut args, "--log-level")?.unwrap_or(LevelFilter::Info);
-    let log_ring: usize = opt(&mut args, "--log-ring")?.unwrap_or(1024);
+    let log_ring = ranged(&mut args, "--log-ring", 1..=65_536)?.unwrap_or(1024);
     finish(args)?;
     if !no_admin && !admin_bind.is_loopback() && admin_token_file.is_none() && !admin_insecure {
         return Err(format!(
@@ -147,15 +159,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
 
     logring::init(level, log_ring);
     if let Some(path) = &token_file {
-        let token = read_token_file(path)?;
-        if token.len() > mcrelay::wire::MAX_ACCESS_TOKEN_LEN {
-            return Err(format!(
-                "token file {path} holds {} bytes; at most {} fit in a handshake",
-                token.len(),
-                mcrelay::wire::MAX_ACCESS_TOKEN_LEN
-            ));
-        }
-        config.access_token = Some(token);
+        config.access_token = Some(read_access_token(path)?);
     }
     let key = match &key_file {
         Some(path) => {
@@ -176,7 +180,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     } else {
         let token = admin_token_file
             .as_deref()
-            .map(read_token_file)
+            .map(read_admin_token)
             .transpose()?;
         let config = AdminConfig {
             bind: SocketAddr::new(admin_bind, admin_port),
@@ -233,7 +237,48 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 
-/// SIGHUP: re-read both token files; a file that became unreadable keeps the old token.
+/// Parses an optional flag that must lie in `range`; the error names the flag.
+fn ranged<T>(
+    args: &mut pico_args::Arguments,
+    name: &'static str,
+    range: RangeInclusive<T>,
+) -> Result<Option<T>, String>
+where
+    T: FromStr + PartialOrd + Display,
+    T::Err: Display,
+{
+    match opt::<T>(args, name)? {
+        Some(v) if !range.contains(&v) => Err(format!(
+            "{name} {v} is outside {}..={}",
+            range.start(),
+            range.end()
+        )),
+        v => Ok(v),
+    }
+}
+
+/// The relay's access token file, checked as at start-up and on SIGHUP.
+fn read_access_token(path: &str) -> Result<Vec<u8>, String> {
+    let token = read_token_file(path)?;
+    if token.len() > mcrelay::wire::MAX_ACCESS_TOKEN_LEN {
+        return Err(format!(
+            "token file {path} holds {} bytes; at most {} fit in a handshake",
+            token.len(),
+            mcrelay::wire::MAX_ACCESS_TOKEN_LEN
+        ));
+    }
+    Ok(token)
+}
+
+/// The admin token file, checked as at start-up and on SIGHUP.
+fn read_admin_token(path: &str) -> Result<Vec<u8>, String> {
+    let token = read_token_file(path)?;
+    Admin::check_token(&token).map_err(|why| format!("admin token file {path}: {why}"))?;
+    Ok(token)
+}
+
+/// SIGHUP: re-read both token files with the start-up checks; a file that
+/// became unreadable or invalid keeps the old token (and says why).
 fn reload_tokens(
     relay: &mut Relay,
     admin: Option<&mut Admin>,
@@ -241,7 +286,7 @@ fn reload_tokens(
     admin_file: Option<&str>,
 ) {
     if let Some(path) = relay_file {
-        match read_token_file(path) {
+        match read_access_token(path) {
             Ok(t) => {
                 relay.set_access_token(Some(t));
                 info!("SIGHUP: re-read token file {path}");
@@ -250,7 +295,7 @@ fn reload_tokens(
         }
     }
     if let (Some(path), Some(admin)) = (admin_file, admin) {
-        match read_token_file(path) {
+        match read_admin_token(path) {
             Ok(t) => {
                 admin.set_token(Some(t));
                 info!("SIGHUP: re-read admin token file {path}");

@@ -1,8 +1,25 @@
 //! The TCP admin channel: a person with `nc` (or a script) gets live log
 //! lines and a few text commands. It lives in the relay's mio loop, so
-//! nothing here may block: reads and writes stop at WouldBlock, output
-//! per session is bounded, and a session that stops reading loses log
-//! lines (and is told how many) instead of holding the loop.
+//! nothing here may block or hog it, whoever is on the other end:
+//!
+//! - Work is bounded per turn of the loop: a session reads at most
+//!   [`READ_CHUNK`] bytes and runs at most [`LINE_BUDGET`] lines, then the
+//!   loop serves UDP again. A session with input left over is served on
+//!   the next turn without waiting for readiness ([`Admin::busy`]): mio is
+//!   edge-triggered and would not report bytes already waiting.
+//! - Output is bounded when it is queued, not only when it is flushed:
+//!   commands wait while a session has [`REPLY_BUDGET`] bytes unsent (TCP
+//!   then pushes back on a sender that never reads), one reply is cut at
+//!   [`MAX_REPLY`], and log lines stop at `LOG_BUDGET` (the session is told
+//!   how many it lost).
+//! - Bad lines in a row (too long, not UTF-8, unknown commands, anything
+//!   but `auth`/`quit` before authentication) close the session after
+//!   [`MAX_ABUSE`]. Nothing a session sends before `auth` succeeds is
+//!   logged: it may be a mistyped token.
+//! - A half-close ends input, not output: every command received (a last
+//!   line without its newline too) is answered, the replies are flushed,
+//!   then the session closes, so `printf 'stats\n' | nc -N host port`
+//!   prints the whole reply.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -19,14 +36,37 @@ use crate::relay::{Relay, Transmits};
 
 /// Longest command line, without its line ending.
 pub const MAX_LINE: usize = 512;
+/// Longest admin token: `auth TOKEN` must fit in one command line.
+const MAX_TOKEN_LEN: usize = MAX_LINE - "auth ".len();
+/// Bytes read from one session per turn of the loop.
+const READ_CHUNK: usize = 4096;
+/// Lines (commands, bad or empty lines) handled per session per turn.
+const LINE_BUDGET: usize = 32;
+/// Unsent output at which a session's commands wait for it to read.
+const REPLY_BUDGET: usize = 64 * 1024;
+/// Largest single reply: `clients` counts the lines it left out, `log tail`
+/// keeps the newest.
+const MAX_REPLY: usize = 128 * 1024;
 /// Pending output above which a session gets no more log lines.
 const LOG_BUDGET: usize = 64 * 1024;
-/// Pending output above which a session that never reads is closed.
-const HARD_LIMIT: usize = 1024 * 1024;
-/// Protocol abuse (over-long or non-UTF-8 lines) tolerated before closing.
+/// Bad lines in a row tolerated before closing.
 const MAX_ABUSE: u8 = 5;
 /// Wrong tokens tolerated before closing.
 const MAX_BAD_AUTH: u8 = 3;
+
+const COMMANDS: [&str; 11] = [
+    "help",
+    "ifaces",
+    "clients",
+    "stats",
+    "kick",
+    "log",
+    "fingerprint",
+    "version",
+    "shutdown",
+    "quit",
+    "auth",
+];
 
 const HELP: &str = "\
 help               this list
@@ -66,9 +106,20 @@ pub enum Action {
 struct Session {
     stream: TcpStream,
     peer: SocketAddr,
-    input: Vec<u8>,
+    /// The last read; refilled only once every byte of it was consumed.
+    inbuf: Vec<u8>,
+    /// Bytes of `inbuf` already consumed.
+    inpos: usize,
+    /// The line being assembled (at most `MAX_LINE + 1` bytes).
+    line: Vec<u8>,
     /// Dropping input until the next newline (after an over-long line).
     discarding: bool,
+    /// The socket may hold unread input: set by readiness, cleared at WouldBlock.
+    readable: bool,
+    /// The peer half-closed: no more input, but replies are still owed.
+    eof: bool,
+    /// Commands are waiting for the peer to read (counted once per wait).
+    waiting: bool,
     output: Vec<u8>,
     written: usize,
     cursor: u64,
@@ -90,6 +141,81 @@ impl Session {
             self.output.push(b'\n');
         }
     }
+
+    /// True if a turn could make progress on this session's input.
+    fn has_input_work(&self) -> bool {
+        !self.closing
+            && self.pending() < REPLY_BUDGET
+            && (self.inpos < self.inbuf.len() || self.readable || self.eof)
+    }
+
+    /// The next complete line from `inbuf`, if it holds one.
+    fn next_line(&mut self) -> Option<Result<String, &'static str>> {
+        while self.inpos < self.inbuf.len() {
+            let rest = &self.inbuf[self.inpos..];
+            let (chunk, done) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            self.inpos += chunk.len() + usize::from(done);
+            if !self.discarding {
+                // MAX_LINE + 1: room for a `\r` before the newline.
+                if self.line.len() + chunk.len() > MAX_LINE + 1 {
+                    self.line.clear();
+                    self.discarding = !done;
+                    return Some(Err("line too long"));
+                }
+                self.line.extend_from_slice(chunk);
+            }
+            if done {
+                if std::mem::take(&mut self.discarding) {
+                    continue; // the end of a line already reported as too long
+                }
+                return Some(self.take_line());
+            }
+        }
+        None
+    }
+
+    /// The line assembled so far, as text.
+    fn take_line(&mut self) -> Result<String, &'static str> {
+        let mut line = std::mem::take(&mut self.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.len() > MAX_LINE {
+            return Err("line too long");
+        }
+        String::from_utf8(line).map_err(|_| "not UTF-8")
+    }
+
+    /// Reads once into the (fully consumed) input buffer.
+    fn fill(&mut self) {
+        self.inbuf.resize(READ_CHUNK, 0);
+        self.inpos = 0;
+        let got = loop {
+            match self.stream.read(&mut self.inbuf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        match got {
+            Ok(n) => {
+                self.inbuf.truncate(n);
+                self.eof = n == 0;
+            }
+            Err(e) => {
+                self.inbuf.clear();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.readable = false;
+                } else {
+                    // Reset: the peer is gone, nothing more to say.
+                    self.closing = true;
+                    self.output.truncate(self.written);
+                }
+            }
+        }
+    }
 }
 
 /// The listener and its sessions.
@@ -103,6 +229,9 @@ pub struct Admin {
     sessions_total: u64,
     /// The interfaces' membership states, as the loop last saw them.
     ifaces: Vec<String>,
+    closed_abuse: u64,
+    closed_bad_auth: u64,
+    reply_waits: u64,
 }
 
 impl Admin {
@@ -118,7 +247,36 @@ impl Admin {
             lines_dropped: 0,
             sessions_total: 0,
             ifaces: Vec::new(),
+            closed_abuse: 0,
+            closed_bad_auth: 0,
+            reply_waits: 0,
         })
+    }
+
+    /// Checks that `token` can be presented with `auth TOKEN`: 1 to 507
+    /// bytes (the line fits in a command line), UTF-8 without control
+    /// characters, and no whitespace at either end (lines are trimmed).
+    ///
+    /// # Errors
+    /// Says what is wrong with the token, never what it holds.
+    pub fn check_token(token: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(token).map_err(|_| "it is not UTF-8".to_string())?;
+        if text.is_empty() {
+            return Err("it is empty".into());
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(format!(
+                "it holds {} bytes; at most {MAX_TOKEN_LEN} fit in an `auth` line",
+                token.len()
+            ));
+        }
+        if text.chars().any(char::is_control) {
+            return Err("it holds control characters".into());
+        }
+        if text.trim() != text {
+            return Err("it starts or ends with whitespace".into());
+        }
+        Ok(())
     }
 
     /// The bound address (the real port when 0 was asked for).
@@ -138,7 +296,7 @@ impl Admin {
         registry.register(&mut self.listener, listener, Interest::READABLE)
     }
 
-    /// Replaces the admin token (SIGHUP).
+    /// Replaces the admin token (SIGHUP). Sessions already authenticated stay so.
     pub fn set_token(&mut self, token: Option<Vec<u8>>) {
         self.config.token = token;
     }
@@ -159,26 +317,38 @@ impl Admin {
         self.ifaces = lines;
     }
 
-    /// Handles readiness of the listener or a session.
-    pub fn handle(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        relay: &mut Relay,
-        out: &mut Transmits,
-        now: Instant,
-    ) -> Action {
+    /// Handles readiness of the listener or a session. Session input is
+    /// only noted here; [`Admin::run`] reads and executes it.
+    pub fn handle(&mut self, registry: &Registry, token: Token) {
         if token == self.listener_token {
             self.accept(registry);
-            return Action::None;
+        } else if let Some(s) = token
+            .0
+            .checked_sub(self.first_session)
+            .and_then(|key| self.sessions.get_mut(key))
+        {
+            // Writable-only events land here too: one read that would block is cheap.
+            s.readable = true;
         }
-        let key = token.0 - self.first_session;
-        if !self.sessions.contains(key) {
-            return Action::None;
-        }
-        let action = self.read_session(key, relay, out, now);
-        if self.sessions[key].closing && self.sessions[key].pending() == 0 {
-            self.close(registry, key);
+    }
+
+    /// True while some session has input a turn could handle: the loop
+    /// must then poll without sleeping and call [`Admin::run`] again.
+    pub fn busy(&self) -> bool {
+        self.sessions.iter().any(|(_, s)| s.has_input_work())
+    }
+
+    /// One turn: every session with input gets at most one read (4 KiB)
+    /// and 32 lines.
+    pub fn run(&mut self, relay: &mut Relay, out: &mut Transmits, now: Instant) -> Action {
+        let mut action = Action::None;
+        // Slab keys are below its capacity, which max_sessions bounds.
+        for key in 0..self.sessions.capacity() {
+            if self.sessions.get(key).is_some_and(Session::has_input_work)
+                && self.serve(key, relay, out, now) == Action::Shutdown
+            {
+                action = Action::Shutdown;
+            }
         }
         action
     }
@@ -207,12 +377,19 @@ impl Admin {
                 warn!("admin register: {e}");
                 continue;
             }
+            // Logged before the session's cursor is set: its own opening is no news to it.
+            info!("admin session from {peer} opened");
             let authed = self.config.token.is_none();
             let mut s = Session {
                 stream,
                 peer,
-                input: Vec::new(),
+                inbuf: Vec::with_capacity(READ_CHUNK),
+                inpos: 0,
+                line: Vec::new(),
                 discarding: false,
+                readable: true,
+                eof: false,
+                waiting: false,
                 output: Vec::new(),
                 written: 0,
                 cursor: logring::with_ring(|r| r.end()),
@@ -229,79 +406,61 @@ impl Admin {
             ));
             entry.insert(s);
             self.sessions_total += 1;
-            info!("admin session from {peer} opened");
         }
     }
 
-    fn read_session(
+    /// One session's share of a turn.
+    fn serve(
         &mut self,
         key: usize,
         relay: &mut Relay,
         out: &mut Transmits,
         now: Instant,
     ) -> Action {
-        let mut buf = [0u8; 1024];
         let mut action = Action::None;
-        loop {
+        let mut lines = 0;
+        let mut read = false;
+        while lines < LINE_BUDGET {
             let s = &mut self.sessions[key];
             if s.closing {
-                return action;
+                break;
             }
-            let n = match s.stream.read(&mut buf) {
-                Ok(0) => {
-                    s.closing = true;
-                    s.output.truncate(s.written); // the peer is gone: nothing more to say
-                    return action;
+            if s.pending() >= REPLY_BUDGET {
+                // The peer is not reading: stop executing until it does.
+                if !std::mem::replace(&mut s.waiting, true) {
+                    self.reply_waits += 1;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return action,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
+                break;
+            }
+            s.waiting = false;
+            let line = match s.next_line() {
+                Some(line) => line,
+                None if s.eof => {
+                    // Input ended: answer a last line without its newline, then close.
                     s.closing = true;
-                    s.output.truncate(s.written);
-                    return action;
+                    if s.line.is_empty() || s.discarding {
+                        break;
+                    }
+                    s.take_line()
+                }
+                None if read || !s.readable => break,
+                None => {
+                    read = true;
+                    s.fill();
+                    continue;
                 }
             };
-            for &b in &buf[..n] {
-                let s = &mut self.sessions[key];
-                if s.closing {
-                    break;
-                }
-                if b != b'\n' {
-                    if s.discarding {
-                        continue;
+            lines += 1;
+            match line {
+                Ok(text) => {
+                    if self.command(key, text.trim(), relay, out, now) == Action::Shutdown {
+                        action = Action::Shutdown;
                     }
-                    if s.input.len() > MAX_LINE {
-                        // Over-long: say so once, drop the rest of the line.
-                        s.input.clear();
-                        s.discarding = true;
-                        self.abuse(key, "line too long");
-                    } else {
-                        s.input.push(b);
-                    }
-                    continue;
                 }
-                if std::mem::take(&mut s.discarding) {
-                    continue;
-                }
-                let mut line = std::mem::take(&mut s.input);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                if line.len() > MAX_LINE {
-                    self.abuse(key, "line too long");
-                    continue;
-                }
-                match String::from_utf8(line) {
-                    Ok(text) => {
-                        if self.command(key, text.trim(), relay, out, now) == Action::Shutdown {
-                            action = Action::Shutdown;
-                        }
-                    }
-                    Err(_) => self.abuse(key, "not UTF-8"),
-                }
+                Err(why) => self.abuse(key, why),
             }
         }
+        action
     }
 
     fn abuse(&mut self, key: usize, why: &str) {
@@ -311,6 +470,7 @@ impl Admin {
         if s.abuse >= MAX_ABUSE {
             s.reply("ERR too many bad lines; closing");
             s.closing = true;
+            self.closed_abuse += 1;
             warn!(
                 "admin session from {} closed after {} bad lines",
                 s.peer, s.abuse
@@ -326,39 +486,49 @@ impl Admin {
         out: &mut Transmits,
         now: Instant,
     ) -> Action {
-        if line.is_empty() {
-            return Action::None;
-        }
         let (cmd, arg) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let arg = arg.trim();
         let s = &mut self.sessions[key];
-        if cmd != "auth" {
-            debug!("admin {}: {cmd}", s.peer);
-        }
         if !s.authed {
-            if cmd == "auth" {
-                let want = self.config.token.as_deref().unwrap_or_default();
-                if ct_eq(want, arg.as_bytes()) {
-                    s.authed = true;
-                    s.cursor = logring::with_ring(|r| r.end());
-                    info!("admin session from {} authenticated", s.peer);
-                    s.reply("OK");
-                } else {
-                    s.bad_auth += 1;
-                    warn!("admin session from {}: bad token", s.peer);
-                    s.reply("ERR bad token");
-                    if s.bad_auth >= MAX_BAD_AUTH {
-                        s.closing = true;
+            // Not logged: the line may be a mistyped token.
+            match cmd {
+                "auth" => {
+                    let want = self.config.token.as_deref().unwrap_or_default();
+                    if ct_eq(want, arg.as_bytes()) {
+                        s.authed = true;
+                        s.abuse = 0;
+                        s.cursor = logring::with_ring(|r| r.end());
+                        info!("admin session from {} authenticated", s.peer);
+                        s.reply("OK");
+                    } else {
+                        s.bad_auth += 1;
+                        warn!("admin session from {}: bad token", s.peer);
+                        s.reply("ERR bad token");
+                        if s.bad_auth >= MAX_BAD_AUTH {
+                            s.closing = true;
+                            self.closed_bad_auth += 1;
+                        }
                     }
                 }
-            } else if cmd == "quit" {
-                s.reply("OK");
-                s.closing = true;
-            } else {
-                s.reply("ERR auth required");
+                "quit" => {
+                    s.reply("OK");
+                    s.closing = true;
+                }
+                _ => self.abuse(key, "auth required"),
             }
             return Action::None;
         }
+        if line.is_empty() {
+            return Action::None;
+        }
+        if !COMMANDS.contains(&cmd) {
+            self.abuse(key, &format!("unknown command: {cmd} (try help)"));
+            return Action::None;
+        }
+        if cmd != "auth" {
+            debug!("admin {}: {cmd}", s.peer);
+        }
+        s.abuse = 0;
         match (cmd, arg) {
             ("ifaces", "") => {
                 for line in &self.ifaces {
@@ -372,7 +542,12 @@ impl Admin {
             }
             ("clients", "") => {
                 let mut text = String::new();
+                let mut more = 0usize;
                 for c in relay.clients(now) {
+                    if text.len() >= MAX_REPLY {
+                        more += 1;
+                        continue;
+                    }
                     text.push_str(&format!(
                         "{} idle={} in={}/{} out={}/{} partials={}\n",
                         c.id,
@@ -383,6 +558,9 @@ impl Admin {
                         c.bytes_out,
                         c.partials
                     ));
+                }
+                if more > 0 {
+                    text.push_str(&format!("... {more} more clients\n"));
                 }
                 s.reply(&text);
                 s.reply("OK");
@@ -397,12 +575,16 @@ impl Admin {
                 relay
                     .stats()
                     .for_each(|name, v| text.push_str(&format!("{name} {v}\n")));
-                text.push_str(&format!(
-                    "admin_sessions {}\nadmin_sessions_total {}\nlog_lines_dropped {}\n",
-                    self.sessions.len(),
-                    self.sessions_total,
-                    self.lines_dropped
-                ));
+                for (name, v) in [
+                    ("admin_sessions", self.sessions.len() as u64),
+                    ("admin_sessions_total", self.sessions_total),
+                    ("admin_closed_abuse", self.closed_abuse),
+                    ("admin_closed_bad_auth", self.closed_bad_auth),
+                    ("admin_reply_waits", self.reply_waits),
+                    ("log_lines_dropped", self.lines_dropped),
+                ] {
+                    text.push_str(&format!("{name} {v}\n"));
+                }
                 let s = &mut self.sessions[key];
                 s.reply(&text);
                 s.reply("OK");
@@ -420,14 +602,7 @@ impl Admin {
                 match (words.next(), words.next(), words.next()) {
                     (Some("tail"), Some(n), None) => match n.parse::<usize>() {
                         Ok(n) => {
-                            let mut text = String::new();
-                            logring::with_ring(|r| {
-                                for l in r.tail(n) {
-                                    text.push_str(&l.text);
-                                    text.push('\n');
-                                }
-                            });
-                            s.reply(&text);
+                            s.reply(&log_tail(n));
                             s.reply("OK");
                         }
                         Err(_) => s.reply("ERR log tail needs a number"),
@@ -464,9 +639,7 @@ impl Admin {
                 s.closing = true;
             }
             ("auth", _) => s.reply("OK"),
-            _ => s.reply(&format!(
-                "ERR unknown command or bad arguments: {cmd} (try help)"
-            )),
+            _ => s.reply(&format!("ERR bad arguments for {cmd} (try help)")),
         }
         Action::None
     }
@@ -481,10 +654,7 @@ impl Admin {
                 if s.authed && !s.closing {
                     dropped += copy_log_lines(ring, s);
                 }
-                if write_pending(s).is_err()
-                    || s.pending() > HARD_LIMIT
-                    || (s.closing && s.pending() == 0)
-                {
+                if write_pending(s).is_err() || (s.closing && s.pending() == 0) {
                     to_close.push(key);
                 }
             }
@@ -514,6 +684,28 @@ impl Admin {
             info!("admin session from {} closed", s.peer);
         }
     }
+}
+
+/// The newest of the last `n` ring lines that fit in [`MAX_REPLY`].
+fn log_tail(n: usize) -> String {
+    logring::with_ring(|r| {
+        let mut size = 0;
+        let newest_first: Vec<&str> = r
+            .tail(n)
+            .rev()
+            .map(|l| l.text.as_str())
+            .take_while(|t| {
+                size += t.len() + 1;
+                size <= MAX_REPLY
+            })
+            .collect();
+        let mut text = String::with_capacity(size);
+        for t in newest_first.iter().rev() {
+            text.push_str(t);
+            text.push('\n');
+        }
+        text
+    })
 }
 
 /// Moves ring lines past the session's cursor into its output, within the
@@ -555,4 +747,27 @@ fn write_pending(s: &mut Session) -> io::Result<()> {
         s.written = 0;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_must_fit_an_auth_line() {
+        assert!(Admin::check_token(b"s3cret").is_ok());
+        assert!(Admin::check_token(b"two words").is_ok());
+        assert!(Admin::check_token(&[b'a'; MAX_TOKEN_LEN]).is_ok());
+        for (bad, why) in [
+            (&b""[..], "empty"),
+            (&[b'a'; MAX_TOKEN_LEN + 1][..], "at most 507"),
+            (b"\xff\xfe", "UTF-8"),
+            (b"tab\there", "control"),
+            (b" lead", "whitespace"),
+            (b"trail ", "whitespace"),
+        ] {
+            let err = Admin::check_token(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
 }

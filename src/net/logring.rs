@@ -79,8 +79,9 @@ impl Ring {
         (lost, self.lines.iter().skip(skip))
     }
 
-    /// The last `n` records.
-    pub fn tail(&self, n: usize) -> impl Iterator<Item = &Line> {
+    /// The last `n` records, oldest first (reversible, so a reader can
+    /// keep the newest when it has room for only some).
+    pub fn tail(&self, n: usize) -> impl DoubleEndedIterator<Item = &Line> {
         self.lines.iter().skip(self.lines.len().saturating_sub(n))
     }
 }

@@ -169,15 +169,21 @@ impl Server {
             if now >= self.recheck_at {
                 self.recheck_ifaces(now);
             }
-            let deadline = match self.relay.poll_timeout() {
-                Some(t) => t.min(self.recheck_at),
-                None => self.recheck_at,
+            let timeout = if self.admin.as_ref().is_some_and(Admin::busy) {
+                // Admin input left over from the last turn: no readiness
+                // event will announce it again.
+                Some(Duration::ZERO)
+            } else {
+                let deadline = match self.relay.poll_timeout() {
+                    Some(t) => t.min(self.recheck_at),
+                    None => self.recheck_at,
+                };
+                Some(
+                    deadline
+                        .saturating_duration_since(now)
+                        .max(Duration::from_millis(1)),
+                )
             };
-            let timeout = Some(
-                deadline
-                    .saturating_duration_since(now)
-                    .max(Duration::from_millis(1)),
-            );
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -200,18 +206,15 @@ impl Server {
                     }
                     token => {
                         if let Some(admin) = self.admin.as_mut().filter(|a| a.owns(token)) {
-                            let registry = self.poll.registry();
-                            let action = admin.handle(
-                                registry,
-                                token,
-                                &mut self.relay,
-                                &mut self.out,
-                                Instant::now(),
-                            );
-                            stop |= action == Action::Shutdown;
+                            admin.handle(self.poll.registry(), token);
                         }
                     }
                 }
+            }
+            if let Some(admin) = self.admin.as_mut() {
+                // A bounded share of admin work per turn, after this turn's UDP.
+                let action = admin.run(&mut self.relay, &mut self.out, Instant::now());
+                stop |= action == Action::Shutdown;
             }
             self.relay.handle_timeout(Instant::now(), &mut self.out);
             self.send_all();

@@ -803,7 +803,11 @@ impl Relay {
         };
         self.stats.fragments_in += 1;
         let owner = self.clients[slot].generation;
-        match self.reassembler.insert(now, owner, &frag) {
+        let outcome = self.reassembler.insert(now, owner, &frag);
+        for (r, n) in self.reassembler.take_evictions() {
+            self.stats.reassembly_drop(r, n);
+        }
+        match outcome {
             Outcome::Incomplete => self.schedule_gc(),
             Outcome::Dropped(r) => {
                 self.stats.reassembly_drop(r, 1);

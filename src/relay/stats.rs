@@ -83,7 +83,7 @@ pub struct Stats {
     /// Messages reassembled from fragments.
     pub reassembled: u64,
     /// Messages dropped by reassembly, indexed like [`DropReason::ALL`].
-    pub reassembly_drops: [u64; 8],
+    pub reassembly_drops: [u64; DropReason::ALL.len()],
     /// Messages that could not be sent because they exceed the protocol's limits.
     pub oversize: u64,
     /// DATA messages received from clients and relayed.

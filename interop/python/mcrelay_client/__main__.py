@@ -1,9 +1,12 @@
 """Command line: ``python3 -m mcrelay_client {listen,send} --server HOST:PORT ...``.
 
 ``listen`` prints one line per event and flushes after each:
-``[id] text``, ``* id joined``, ``* id left (reason)``, ``* server closing``.
-It sends KEEPALIVE periodically, says BYE on Ctrl-C/SIGTERM and exits 0
-after ``* server closing``. ``send`` connects, sends MESSAGE, says BYE and
+``[id] text``, ``* id joined``, ``* id left (reason)``, ``* server closing``,
+``* session lost (REASON); reconnecting`` and ``* reconnected as ID`` (a
+REJECT, which anyone can forge, only makes it handshake again while the
+session keeps working). It sends KEEPALIVE periodically, says BYE on
+Ctrl-C/SIGTERM and exits 0 after ``* server closing``; it exits 1 when a new
+handshake is refused. ``send`` connects, sends MESSAGE, says BYE and
 exits 0. Errors print one line to stderr and exit 1.
 """
 
@@ -32,6 +35,12 @@ def _client(args) -> Client:
                   pin=args.pin, max_datagram=args.max_datagram, timeout=args.timeout)
 
 
+_LOST = {
+    1: "the server no longer knows this client",
+    2: "the server reports an authentication failure",
+}
+
+
 def _format(ev) -> str:
     if isinstance(ev, events.Message):
         return f"[{ev.sender}] {ev.body.decode('utf-8', 'replace')}"
@@ -41,6 +50,10 @@ def _format(ev) -> str:
         return f"* {ev.id} left ({ev.reason_name})"
     if isinstance(ev, events.ServerClosing):
         return "* server closing"
+    if isinstance(ev, events.Rejected):
+        return f"* session lost ({_LOST.get(ev.reason, ev.reason_name)}); reconnecting"
+    if isinstance(ev, events.Reconnected):
+        return f"* reconnected as {ev.id}"
     return f"* {ev!r}"
 
 
@@ -52,18 +65,17 @@ def _listen(c: Client, keepalive: float) -> int:
         while True:
             ev = c.recv(max(0.0, next_keepalive - time.monotonic()))
             if time.monotonic() >= next_keepalive:
-                c.keepalive()
+                if c.connected:  # not while a lost session is handshaking again
+                    c.keepalive()
                 next_keepalive = time.monotonic() + keepalive
             if ev is None:
                 continue
-            if isinstance(ev, events.Rejected):
-                print(f"error: rejected by server: {ev.reason_name}", file=sys.stderr, flush=True)
-                return 1
             print(_format(ev), flush=True)
             if isinstance(ev, events.ServerClosing):
                 return 0
     except KeyboardInterrupt:
-        c.bye()
+        if c.connected:
+            c.bye()
         return 0
 
 

@@ -4,6 +4,22 @@ Handshake (§5.1): HELLO -> SERVER_KEY+COOKIE -> COOKIE+SESSION_KEY -> WELCOME.
 Afterwards every datagram is a Fernet token under the client's own key whose
 plaintext starts with a SEQ. Invalid, malformed, replayed or unexpected input
 is dropped silently and counted in :attr:`Client.dropped`.
+
+Unauthenticated answers are hints, never orders (protocol v2 §7), because
+anyone who can send to the client's port can forge them:
+
+- A REJECT 1 or 2 while the session is up starts a handshake in the
+  background (0.2 s later, at most one HELLO a second, never backed off so
+  that forged hints cannot delay a real recovery); the session keeps
+  working until the new one is welcomed. An authentic token before the
+  new SESSION_KEY goes out proves the hint false and cancels it.
+- A REJECT 2, 3 or 4 after our SESSION_KEY is that attempt's refusal only
+  if no WELCOME arrives within 0.25 s; two refused attempts in a row end the
+  handshake (:class:`errors.Rejected`). A background handshake stops only on
+  REJECT 2.
+- A SERVER_KEY whose fingerprint is not the pinned one is ignored and
+  counted (:attr:`Client.pin_mismatches`); :class:`errors.PinMismatch` comes
+  only when no other key was accepted within the timeout.
 """
 
 import hashlib
@@ -21,7 +37,15 @@ from . import errors, events, protocol
 from .protocol import Malformed
 
 HELLO_RETRY = 1.0
-"""Seconds between HELLO retransmissions while waiting for SERVER_KEY."""
+"""Seconds between handshake attempts (each a fresh HELLO and a fresh key)."""
+REFUSAL_GRACE = 0.25
+"""Seconds a REJECT answering our SESSION_KEY waits for a WELCOME racing it."""
+REFUSALS_TO_STOP = 2
+"""Handshake attempts in a row refused (and not welcomed) that end it."""
+HINT_GRACE = 0.2
+"""Seconds a REJECT hint waits for the session to prove it false."""
+REHANDSHAKE_EVERY = 1.0
+"""Seconds between background handshakes; never more often, never backed off."""
 MIN_RSA_BITS = 2048
 """Smaller server keys are ignored (and could not carry key + token)."""
 
@@ -33,6 +57,31 @@ _JOINED = frozenset({protocol.PEER_JOINED})
 _LEFT = frozenset({protocol.PEER_LEFT, protocol.REASON})
 _CLOSING = frozenset({protocol.SERVER_CLOSING})
 _WELCOME = frozenset({protocol.CLIENT_ID})
+
+
+class _Attempt:
+    """One handshake attempt, from HELLO to WELCOME."""
+
+    def __init__(self, now: float):
+        self.started = now
+        self.fernet: Optional[Fernet] = None   # set once our SESSION_KEY went out
+        self.rx: Optional[protocol.ReplayWindow] = None
+        self.refused: Optional[int] = None     # REJECT 2/3/4 after our SESSION_KEY
+        self.refused_at: Optional[float] = None
+
+
+class _Recovery:
+    """A background handshake started by a REJECT hint, until welcomed."""
+
+    def __init__(self, now: float, first: float, reason: int, authentic: int, pins: int):
+        self.since = now
+        self.next_hello = first
+        self.reason = reason
+        self.authentic_at_hint = authentic
+        self.pins_at_start = pins
+        self.started = False
+        self.key_accepted = False
+        self.refused = 0
 
 
 class Client:
@@ -50,12 +99,15 @@ class Client:
     sent as FRAGMENTs; the two handshake datagrams never are (the server
     does not buffer fragments from unregistered addresses). ``timeout`` is
     the handshake deadline and the default for :meth:`recv`.
+    ``rehandshake``: answer REJECT hints with a background handshake (see
+    the module doc); when False they come out of :meth:`recv` as
+    :class:`events.Rejected` and nothing else happens.
     """
 
     def __init__(self, server: Tuple[str, int] = ("127.0.0.1", 5007), group: Optional[str] = None,
                  iface: str = "127.0.0.1", token: Union[bytes, str, None] = None,
                  pin: Optional[str] = None, max_datagram: int = protocol.DEFAULT_MAX_DATAGRAM,
-                 timeout: float = 5.0):
+                 timeout: float = 5.0, rehandshake: bool = True):
         if isinstance(token, str):
             token = token.encode()
         if token is not None and not 1 <= len(token) <= protocol.MAX_ACCESS_TOKEN_LEN:
@@ -69,6 +121,7 @@ class Client:
         self.pin = pin.replace(":", "").strip().lower() if pin else None
         self.max_datagram = max_datagram
         self.timeout = timeout
+        self.rehandshake = rehandshake
         if group:
             self._dest = (group, self._server[1])
         else:
@@ -84,6 +137,14 @@ class Client:
         self._dropped = 0
         self._events: deque = deque()
         self._server_der: Optional[bytes] = None
+        self._attempt: Optional[_Attempt] = None
+        self._recovery: Optional[_Recovery] = None
+        self._hint: Optional[int] = None
+        self._last_hello = float("-inf")
+        self._authentic = 0
+        self.pin_mismatches = 0
+        """SERVER_KEYs ignored because their fingerprint was not the pinned one."""
+        self._last_mismatch: Optional[str] = None
         self._reset()
 
     # --- public API ---------------------------------------------------------
@@ -108,47 +169,57 @@ class Client:
         """True between a successful :meth:`connect` and :meth:`bye`."""
         return self.client_id is not None
 
+    @property
+    def rehandshaking(self) -> bool:
+        """True while a background handshake started by a REJECT hint is pending."""
+        return self._recovery is not None
+
     def connect(self) -> str:
         """Runs the handshake and returns the client id the server assigned.
 
         A new handshake replaces any previous session (both SEQ spaces
-        restart at 1). Raises :class:`errors.Rejected` on REJECT,
-        :class:`errors.PinMismatch` if ``pin`` does not match,
-        :class:`errors.HandshakeTimeout` after ``timeout`` seconds.
+        restart at 1); a new attempt (fresh HELLO, fresh key) goes out every
+        second until welcomed. Raises :class:`errors.Rejected` when two
+        attempts in a row were refused and not welcomed (or the last one was
+        at the timeout), :class:`errors.PinMismatch` when only other keys
+        than ``pin`` answered, :class:`errors.HandshakeTimeout` after
+        ``timeout`` seconds.
         """
         self._reset()
         self._server_der = None
         self._peer = None if self.group else self._server
         self._events.clear()
-        self._phase = "hello"
         deadline = time.monotonic() + self.timeout
-        hello = protocol.hello_datagram()
-        next_hello = 0.0
-        while self._offer is None:
-            now = time.monotonic()
-            if now >= next_hello:
-                self._sock.sendto(hello, self._dest)
-                next_hello = now + HELLO_RETRY
-            self._pump(min(deadline, next_hello))
-            self._check_handshake(deadline, self._offer is not None)
-
-        der, cookie = self._offer
-        self._server_der = der
-        if self.pin is not None and self.fingerprint != self.pin:
-            self._phase = None
-            raise errors.PinMismatch(self.pin, self.fingerprint)
-        key = Fernet.generate_key()
-        secret = key + (self.token or b"")
-        ciphertext = serialization.load_der_public_key(der).encrypt(secret, _OAEP)
-        self._fernet = Fernet(key)
-        self._rx = protocol.ReplayWindow(1024)
-        self._phase = "welcome"
-        self._sock.sendto(protocol.encode_tlv(protocol.COOKIE, cookie)
-                          + protocol.encode_tlv(protocol.SESSION_KEY, ciphertext), self._dest)
+        pins_before = self.pin_mismatches
+        refused_in_row = 0
+        last_refusal: Optional[int] = None
+        next_try = time.monotonic()
         while self.client_id is None:
-            self._pump(deadline)
-            self._check_handshake(deadline, self.client_id is not None)
-        self._phase = "up"
+            now = time.monotonic()
+            a = self._attempt
+            if a is not None and a.refused is not None:
+                last_refusal = a.refused
+                next_try = min(next_try, a.refused_at + REFUSAL_GRACE)
+            if now >= next_try:
+                if a is not None:
+                    if a.refused in (protocol.AUTH_FAILED, protocol.SERVER_FULL):
+                        refused_in_row += 1
+                        if refused_in_row >= REFUSALS_TO_STOP:
+                            self._attempt = None
+                            raise errors.Rejected(a.refused)
+                    else:
+                        refused_in_row = 0
+                self._send_hello(now)
+                next_try = now + HELLO_RETRY
+            if now >= deadline:
+                self._attempt = None
+                if last_refusal in (protocol.AUTH_FAILED, protocol.SERVER_FULL):
+                    raise errors.Rejected(last_refusal)
+                if self._server_der is None and self.pin_mismatches > pins_before:
+                    raise errors.PinMismatch(self.pin, self._last_mismatch)
+                raise errors.HandshakeTimeout(f"no answer from {self._dest[0]}:{self._dest[1]}"
+                                              f" within {self.timeout:g} s")
+            self._pump(min(deadline, next_try))
         return self.client_id
 
     def send(self, body: bytes) -> None:
@@ -170,16 +241,25 @@ class Client:
 
     def recv(self, timeout: Optional[float] = None):
         """Returns the next event, or ``None`` if none arrives in ``timeout``
-        seconds (default: the client's ``timeout``).
+        seconds (default: the client's ``timeout``). Background handshakes
+        run from here.
 
         Events: :class:`events.Message`, :class:`events.PeerJoined`,
         :class:`events.PeerLeft`, :class:`events.ServerClosing`,
-        :class:`events.Rejected`.
+        :class:`events.Rejected` (a hint acted on), :class:`events.Reconnected`.
+        Raises :class:`errors.Rejected` when a background handshake was
+        refused twice in a row with REJECT 2, :class:`errors.PinMismatch`
+        when only other keys than ``pin`` answered it for ``timeout``.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self._events:
-            if not self._pump(deadline):
+            now = time.monotonic()
+            wake = self._run_recovery(now)
+            if self._events:
+                break
+            if now >= deadline:
                 return None
+            self._pump(deadline if wake is None else min(deadline, wake))
         return self._events.popleft()
 
     def close(self) -> None:
@@ -210,29 +290,82 @@ class Client:
         for d in datagrams:
             self._sock.sendto(d, self._dest)
 
+    def _send_hello(self, now: float) -> None:
+        """Starts a new attempt (in the background when a session is up)."""
+        self._attempt = _Attempt(now)
+        self._last_hello = now
+        self._sock.sendto(protocol.hello_datagram(), self._dest)
+
+    # --- background handshakes ----------------------------------------------
+
+    def _run_recovery(self, now: float) -> Optional[float]:
+        """Sends the recovery's HELLOs when due; returns when it next needs attention."""
+        r = self._recovery
+        if r is None:
+            return None
+        if not r.started and self._authentic > r.authentic_at_hint:
+            self._recovery = None  # the session spoke: the hint was false
+            return None
+        if now < r.next_hello:
+            return r.next_hello
+        a = self._attempt
+        if r.started and a is not None:
+            if a.refused == protocol.AUTH_FAILED:
+                r.refused += 1
+                if r.refused >= REFUSALS_TO_STOP:
+                    self._recovery = self._attempt = None
+                    raise errors.Rejected(a.refused)
+            else:
+                r.refused = 0
+        lost = now - r.since >= self.timeout
+        if lost and not r.key_accepted and self.pin_mismatches > r.pins_at_start:
+            self._recovery = self._attempt = None
+            raise errors.PinMismatch(self.pin, self._last_mismatch)
+        if not r.started:
+            r.started = True
+            self._events.append(events.Rejected(r.reason))
+        if lost and self.connected:
+            # Not welcomed within the timeout: the session is gone.
+            self._reset()
+            self._recovery = r
+            if self.group:
+                self._peer = None
+        r.next_hello = now + REHANDSHAKE_EVERY
+        self._send_hello(now)
+        return r.next_hello
+
+    def _after_datagram(self) -> None:
+        hint, self._hint = self._hint, None
+        if hint is None or self._recovery is not None or not self.connected:
+            return
+        if not self.rehandshake:
+            self._events.append(events.Rejected(hint))
+            return
+        now = time.monotonic()
+        first = max(now + HINT_GRACE, self._last_hello + REHANDSHAKE_EVERY)
+        self._recovery = _Recovery(now, first, hint, self._authentic, self.pin_mismatches)
+
+    def _welcomed(self, client_id: str, a: _Attempt) -> None:
+        """Makes the attempt's session the session."""
+        self._fernet, self._rx, self._tx_seq = a.fernet, a.rx, 0
+        self.client_id = client_id
+        self._attempt = None
+        self._hint = None  # about the session just replaced
+        if self._recovery is not None:
+            self._recovery = None
+            self._events.append(events.Reconnected(client_id))
+
     # --- receiving ------------------------------------------------------------
 
     def _reset(self) -> None:
-        """Forgets the session (keys, SEQ spaces, id)."""
-        self._phase = None
-        self._offer = None
-        self._reject = None
+        """Forgets the session (keys, SEQ spaces, id) and any handshake."""
+        self._attempt = None
+        self._recovery = None
+        self._hint = None
         self._fernet = None
         self._rx = None
         self._tx_seq = 0
         self.client_id: Optional[str] = None
-
-    def _check_handshake(self, deadline: float, done: bool) -> None:
-        if self._reject is not None:
-            reason, self._reject = self._reject, None
-            self._phase = None
-            self._fernet = None
-            raise errors.Rejected(reason)
-        if not done and time.monotonic() >= deadline:
-            self._phase = None
-            self._fernet = None
-            raise errors.HandshakeTimeout(f"no answer from {self._dest[0]}:{self._dest[1]}"
-                                          f" within {self.timeout:g} s")
 
     def _pump(self, deadline: float) -> bool:
         """Receives and handles at most one datagram; False on timeout."""
@@ -249,6 +382,7 @@ class Client:
                 continue
             if self._accept_source(src):
                 self._handle(data, src)
+                self._after_datagram()
                 return True
 
     def _accept_source(self, src) -> bool:
@@ -284,16 +418,21 @@ class Client:
     def _on_reject(self, value: bytes) -> None:
         if len(value) != 1:
             self._dropped += 1
-        elif self._phase in ("hello", "welcome"):
-            self._reject = value[0]
-        elif self._phase == "up":
-            self._events.append(events.Rejected(value[0]))
+            return
+        reason, a = value[0], self._attempt
+        if a is not None and a.fernet is not None and reason in (
+                protocol.AUTH_FAILED, protocol.SERVER_FULL, protocol.BAD_COOKIE):
+            if a.refused is None:
+                a.refused, a.refused_at = reason, time.monotonic()
+        elif self.connected and reason in (protocol.UNKNOWN_SESSION, protocol.AUTH_FAILED):
+            self._hint = reason
         else:
             self._dropped += 1
 
     def _on_offer(self, offer: dict, src) -> None:
         der, cookie = offer.get(protocol.SERVER_KEY), offer.get(protocol.COOKIE)
-        if self._phase != "hello" or der is None or cookie is None \
+        a = self._attempt
+        if a is None or a.fernet is not None or der is None or cookie is None \
                 or len(cookie) != protocol.COOKIE_LEN:
             self._dropped += 1
             return
@@ -305,34 +444,63 @@ class Client:
         if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
             self._dropped += 1
             return
-        self._offer = (der, cookie)
+        fingerprint = hashlib.sha256(der).hexdigest()
+        if self.pin is not None and fingerprint != self.pin:
+            # Anyone can answer a HELLO: wait on for the pinned key.
+            self.pin_mismatches += 1
+            self._last_mismatch = fingerprint
+            return
+        self._server_der = der
         self._peer = src
+        if self._recovery is not None:
+            self._recovery.key_accepted = True
+        fernet_key = Fernet.generate_key()
+        ciphertext = key.encrypt(fernet_key + (self.token or b""), _OAEP)
+        a.fernet, a.rx = Fernet(fernet_key), protocol.ReplayWindow(1024)
+        self._sock.sendto(protocol.encode_tlv(protocol.COOKIE, cookie)
+                          + protocol.encode_tlv(protocol.SESSION_KEY, ciphertext), self._dest)
+
+    def _open(self, fernet: Optional[Fernet], token: bytes) -> Optional[protocol.Inner]:
+        if fernet is None:
+            return None
+        try:
+            return protocol.parse_inner(fernet.decrypt(token))
+        except (InvalidToken, Malformed, ValueError, TypeError):
+            return None
 
     def _on_token(self, kind: int, token: bytes) -> None:
-        if self._fernet is None:
-            self._dropped += 1
-            return
-        try:
-            inner = protocol.parse_inner(self._fernet.decrypt(token))
-        except (InvalidToken, Malformed, ValueError, TypeError):
-            self._dropped += 1
-            return
-        event = self._classify(kind, inner)
+        a = self._attempt
+        inner = self._open(self._fernet, token) if self.connected else None
+        pending = False
+        if inner is None and a is not None and (self.connected or kind == protocol.WELCOME):
+            inner, pending = self._open(a.fernet, token), True
+        event = None if inner is None else self._classify(kind, inner, pending)
+        rx = a.rx if pending else self._rx
         # SEQ is recorded only for authentic, well-formed tokens.
-        if event is None or not self._rx.update(inner.seq):
+        if event is None or not rx.update(inner.seq):
             self._dropped += 1
             return
-        if kind == protocol.WELCOME:
-            self.client_id = event
-        else:
-            self._events.append(event)
+        self._authentic += 1
+        if pending:
+            # A DATA under the new key: its WELCOME was lost, the id stays.
+            self._welcomed(event if kind == protocol.WELCOME else self.client_id, a)
+            if kind == protocol.WELCOME:
+                return
+        elif a is not None and a.fernet is None:
+            # The session spoke before our new SESSION_KEY went out: the
+            # server still knows us, the hint was false.
+            self._attempt = None
+            if self._recovery is not None:
+                self._recovery = None
+                self._events.append(events.Reconnected(self.client_id))
+        self._events.append(event)
 
-    def _classify(self, kind: int, inner: protocol.Inner):
+    def _classify(self, kind: int, inner: protocol.Inner, pending: bool):
         """The event a token stands for, or None if its shape is invalid."""
         f, shape = inner.fields, inner.shape()
         try:
             if kind == protocol.WELCOME:
-                ok = self._phase == "welcome" and shape == _WELCOME
+                ok = pending and shape == _WELCOME
                 return f[protocol.CLIENT_ID].decode() if ok else None
             if shape == _RELAY:
                 return events.Message(f[protocol.SENDER_ID].decode(), f[protocol.BODY])

@@ -8,7 +8,9 @@ class McrelayError(Exception):
 
 
 class Rejected(McrelayError):
-    """The server answered the handshake with REJECT.
+    """The server refused the handshake: two attempts in a row answered
+    with REJECT and not welcomed (a forged REJECT cannot do that while the
+    server welcomes us).
 
     ``reason``: 1 UNKNOWN_SESSION, 2 AUTH_FAILED, 3 SERVER_FULL,
     4 BAD_COOKIE (retry ``connect()``).
@@ -25,7 +27,7 @@ class Rejected(McrelayError):
 
 
 class PinMismatch(McrelayError):
-    """The server key's SHA-256 fingerprint is not the pinned one."""
+    """Only server keys other than the pinned one answered within the timeout."""
 
     def __init__(self, expected: str, actual: str):
         self.expected = expected

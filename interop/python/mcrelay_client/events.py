@@ -46,8 +46,11 @@ class ServerClosing:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A REJECT received while the session was up. With reason
-    1 (UNKNOWN_SESSION) the server forgot us: call ``connect()`` again."""
+    """A REJECT 1 (UNKNOWN_SESSION) or 2 (AUTH_FAILED) while the session was
+    up. Anyone can forge one, so it is a hint: the client has started a
+    handshake in the background and the session keeps working;
+    :class:`Reconnected` follows. (With ``Client(rehandshake=False)`` it is
+    only reported.)"""
 
     reason: int
 
@@ -55,3 +58,12 @@ class Rejected:
     def reason_name(self) -> str:
         """``"UNKNOWN_SESSION"``, ``"AUTH_FAILED"``, ``"SERVER_FULL"``, ``"BAD_COOKIE"`` or ``"reason N"``."""
         return protocol.REJECT_NAMES.get(self.reason, f"reason {self.reason}")
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """The background handshake a :class:`Rejected` started is over: the
+    session now runs under a new key (or the hint proved false and the old
+    one goes on). ``id`` is the client id."""
+
+    id: str
