@@ -416,6 +416,8 @@ impl ClientCore {
                 }
                 // A fragment inside a reassembled message would let one message recurse.
                 Item::Fragment(_) => self.dropped += 1,
+                // GROUP_DATA comes on the downlink, not on the session socket.
+                Item::Group(_) => self.dropped += 1,
             }
         }
         result

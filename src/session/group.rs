@@ -427,8 +427,8 @@ fn decode_key(text: &[u8]) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::group::GROUP_DATA;
     use crate::wire::inner::BODY;
+    use crate::wire::outer::GROUP_DATA;
     use crate::wire::tlv::{self, Reader};
 
     fn value_of(tlv_bytes: &[u8]) -> Vec<u8> {

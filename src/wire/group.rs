@@ -3,10 +3,8 @@
 //! every member. The signature covers `"mcrelay-v2 group" | epoch | token`,
 //! so a member, who holds the group key too, still cannot forge the server.
 
+use super::outer::GROUP_DATA;
 use super::tlv;
-
-/// Outer type code of GROUP_DATA.
-pub const GROUP_DATA: u16 = 0x000C;
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 /// Bytes before the token: epoch and signature.
