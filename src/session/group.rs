@@ -23,7 +23,7 @@ use rsa::sha2::Sha256;
 
 use crate::session::fernet::{encode_key, FernetKey};
 use crate::session::replay::ReplayWindow;
-use crate::wire::group::GroupData;
+use crate::wire::group::{GroupData, HEADER_LEN};
 use crate::wire::inner::put_gseq;
 use crate::wire::{Inner, InnerError};
 
@@ -37,6 +37,9 @@ pub const MAX_HELD: usize = 32;
 pub const HOLD_FOR: Duration = Duration::from_secs(2);
 /// How long a member holds a datagram before it asks for the key.
 pub const KEY_REQUEST_AFTER: Duration = Duration::from_millis(250);
+/// Least time between two key requests of one member (the server answers
+/// at most one a second anyway).
+pub const KEY_REQUEST_EVERY: Duration = Duration::from_secs(1);
 
 /// `key[e+1]` from `key[e]`: HKDF-SHA256 over the 32 raw key bytes, empty
 /// salt, info `"mcrelay-v2 join" | (e+1) u32 BE`, 32 bytes out.
@@ -101,6 +104,8 @@ impl Retired {
 }
 
 /// The server's group: current key, recent keys, signer and GSEQ.
+// The relay core's; until it uses it, only tests (the client's fake relay) do.
+#[allow(dead_code)]
 pub struct GroupSender {
     current: EpochKey,
     retired: Retired,
@@ -112,6 +117,7 @@ pub struct GroupSender {
     message: Vec<u8>,
 }
 
+#[allow(dead_code)]
 impl GroupSender {
     /// A group at epoch 1 with the random `key`, signed by a key made from
     /// `signer_seed` (both drawn by the caller's RNG).
@@ -246,6 +252,8 @@ pub struct GroupMember {
     retired: Retired,
     window: ReplayWindow,
     held: VecDeque<(Instant, u32, Vec<u8>)>,
+    /// When [`GroupMember::key_request`] last asked for a key.
+    last_request: Option<Instant>,
     message: Vec<u8>,
 }
 
@@ -261,6 +269,7 @@ impl GroupMember {
             retired: Retired::default(),
             window: ReplayWindow::new(),
             held: VecDeque::new(),
+            last_request: None,
             message: Vec::new(),
         })
     }
@@ -270,6 +279,13 @@ impl GroupMember {
         self.current.epoch
     }
 
+    /// True when `signer` is the key this member verifies with: a WELCOME
+    /// naming another one comes from a new signer (a restarted relay), a
+    /// new GSEQ space.
+    pub fn same_signer(&self, signer: &[u8]) -> bool {
+        self.signer.as_bytes()[..] == *signer
+    }
+
     /// Checks and opens one GROUP_DATA value, in the protocol's order:
     /// signature, epoch (known, in grace, ratchet, or held), token, inner
     /// rules, GSEQ window. Returns the plaintext.
@@ -277,8 +293,32 @@ impl GroupMember {
     /// # Errors
     /// [`GroupError`]; [`GroupError::Held`] means it may still open after
     /// [`GroupMember::set_key`].
+    // The client opens what its datagram parser already split up
+    // (open_data); this form is for callers holding the bare value.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn open(&mut self, now: Instant, value: &[u8]) -> Result<Vec<u8>, GroupError> {
         let g = GroupData::parse(value).ok_or(GroupError::Malformed)?;
+        self.open_data(now, &g)
+    }
+
+    /// [`GroupMember::open`] for a GROUP_DATA already parsed (as
+    /// `wire::outer::Datagram` returns it).
+    ///
+    /// # Errors
+    /// As [`GroupMember::open`].
+    pub fn open_data(&mut self, now: Instant, g: &GroupData<'_>) -> Result<Vec<u8>, GroupError> {
+        self.open_checked(now, g, false)
+    }
+
+    /// `keep_old`: a datagram held earlier whose older epoch still has no
+    /// key stays held (its key may be on its way: a KEY_REQUEST answer may
+    /// bring the current epoch's key before the requested one).
+    fn open_checked(
+        &mut self,
+        now: Instant,
+        g: &GroupData<'_>,
+        keep_old: bool,
+    ) -> Result<Vec<u8>, GroupError> {
         GroupData::signed_message(g.epoch, g.token, &mut self.message);
         let sig = Signature::from_bytes(g.signature);
         self.signer
@@ -288,10 +328,11 @@ impl GroupMember {
         let opened = self.key_for(now, g.epoch).map(|k| k.fernet.open(g.token));
         let plain = match opened {
             Some(p) => p.map_err(|_| GroupError::BadToken)?,
-            None if g.epoch > current => match self.try_ratchet(now, &g) {
+            None if g.epoch > current => match self.try_ratchet(now, g) {
                 Some(p) => p,
-                None => return self.hold(now, g.epoch, value),
+                None => return self.hold(now, g),
             },
+            None if keep_old => return self.hold(now, g),
             None => return Err(GroupError::OldEpoch),
         };
         self.accept(plain)
@@ -322,12 +363,16 @@ impl GroupMember {
         Some(plain)
     }
 
-    fn hold(&mut self, now: Instant, epoch: u32, value: &[u8]) -> Result<Vec<u8>, GroupError> {
+    fn hold(&mut self, now: Instant, g: &GroupData<'_>) -> Result<Vec<u8>, GroupError> {
         self.expire(now);
         if self.held.len() >= MAX_HELD {
             return Err(GroupError::HoldFull);
         }
-        self.held.push_back((now, epoch, value.to_vec()));
+        let mut value = Vec::with_capacity(HEADER_LEN + g.token.len());
+        value.extend_from_slice(&g.epoch.to_be_bytes());
+        value.extend_from_slice(g.signature);
+        value.extend_from_slice(g.token);
+        self.held.push_back((now, g.epoch, value));
         Err(GroupError::Held)
     }
 
@@ -361,7 +406,10 @@ impl GroupMember {
             if now.saturating_duration_since(at) >= HOLD_FOR {
                 continue;
             }
-            match self.open(now, &value) {
+            let Some(g) = GroupData::parse(&value) else {
+                continue; // built by hold(): always parses
+            };
+            match self.open_checked(now, &g, true) {
                 Ok(p) => opened.push(p),
                 Err(GroupError::Held) => {
                     // Re-held by open(): keep its original arrival time.
@@ -376,13 +424,23 @@ impl GroupMember {
     }
 
     /// The epoch to ask for in a KEY_REQUEST: the oldest held epoch once a
-    /// datagram has waited [`KEY_REQUEST_AFTER`].
-    pub fn key_request(&self, now: Instant) -> Option<u32> {
-        self.held
+    /// datagram has waited [`KEY_REQUEST_AFTER`], at most once every
+    /// [`KEY_REQUEST_EVERY`] (a `Some` is taken as sent).
+    pub fn key_request(&mut self, now: Instant) -> Option<u32> {
+        if self
+            .last_request
+            .is_some_and(|at| now.saturating_duration_since(at) < KEY_REQUEST_EVERY)
+        {
+            return None;
+        }
+        let epoch = self
+            .held
             .iter()
             .filter(|(at, _, _)| now.saturating_duration_since(*at) >= KEY_REQUEST_AFTER)
             .map(|(_, e, _)| *e)
-            .min()
+            .min()?;
+        self.last_request = Some(now);
+        Some(epoch)
     }
 
     /// Drops held datagrams older than [`HOLD_FOR`] and keys past their grace.
@@ -393,10 +451,18 @@ impl GroupMember {
     }
 
     /// The next time [`GroupMember::expire`] or a key request has work.
+    /// Never a time at which [`GroupMember::key_request`] would still say
+    /// no because of its rate limit, so a caller that sleeps until then does
+    /// not spin.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let held = self.held.front().map(|(at, _, _)| *at);
+        let request = held.map(|at| {
+            let due = at + KEY_REQUEST_AFTER;
+            self.last_request
+                .map_or(due, |last| due.max(last + KEY_REQUEST_EVERY))
+        });
         [
-            held.map(|at| at + KEY_REQUEST_AFTER),
+            request,
             held.map(|at| at + HOLD_FOR),
             self.retired.next_expiry(),
         ]
@@ -561,6 +627,71 @@ mod tests {
             s2.ratchet(now);
         }
         assert!(m2.open(now, &send(&mut s2, b"near")).is_ok());
+    }
+
+    #[test]
+    fn key_answers_may_come_in_either_order() {
+        // Two rekeys while the member heard neither GROUP_KEY: the answer
+        // to its KEY_REQUEST brings epochs 2 and 3, the current one first.
+        let mut s = GroupSender::new([1; 32], [2; 32]);
+        let mut m = member(&s);
+        let now = Instant::now();
+        s.leave();
+        assert!(s.rekey_if_pending(now, [9; 32]));
+        let two = s.key_text();
+        let d2 = send(&mut s, b"under 2");
+        s.leave();
+        assert!(s.rekey_if_pending(now, [8; 32]));
+        let d3 = send(&mut s, b"under 3");
+        assert_eq!(m.open(now, &d2), Err(GroupError::Held));
+        assert_eq!(m.open(now, &d3), Err(GroupError::Held));
+        let later = now + KEY_REQUEST_AFTER;
+        assert_eq!(m.key_request(later), Some(2), "the oldest held epoch");
+        let opened = m.set_key(later, 3, s.key_text().as_bytes());
+        assert_eq!(
+            opened.iter().map(|p| body_of(p)).collect::<Vec<_>>(),
+            [b"under 3"]
+        );
+        assert_eq!(m.held(), 1, "epoch 2 still waits for its key");
+        let opened = m.set_key(later, 2, two.as_bytes());
+        assert_eq!(
+            opened.iter().map(|p| body_of(p)).collect::<Vec<_>>(),
+            [b"under 2"]
+        );
+        assert_eq!(m.epoch(), 3, "an older key never moves the member back");
+        // A fresh datagram of an epoch forgotten after its grace is
+        // dropped, not held.
+        let mut old = GroupSender::new([1; 32], [2; 32]);
+        old.gseq = 100;
+        let d1 = send(&mut old, b"e1");
+        assert!(m.open(later, &d1).is_ok(), "epoch 1 within its grace");
+        old.gseq = 101;
+        let d1 = send(&mut old, b"e1");
+        assert_eq!(m.open(later + GRACE, &d1), Err(GroupError::OldEpoch));
+        assert_eq!(m.held(), 0);
+    }
+
+    #[test]
+    fn key_requests_are_rate_limited_and_their_timer_never_lies_in_the_past() {
+        let mut s = GroupSender::new([1; 32], [2; 32]);
+        let mut m = member(&s);
+        let now = Instant::now();
+        s.leave();
+        assert!(s.rekey_if_pending(now, [9; 32]));
+        assert_eq!(m.open(now, &send(&mut s, b"x")), Err(GroupError::Held));
+        assert_eq!(m.poll_timeout(), Some(now + KEY_REQUEST_AFTER));
+        let first = now + KEY_REQUEST_AFTER;
+        assert_eq!(m.key_request(first), Some(2));
+        assert_eq!(m.key_request(first), None, "taken as sent");
+        // Next: the second request, a second after the first.
+        assert_eq!(m.poll_timeout(), Some(first + KEY_REQUEST_EVERY));
+        let second = first + KEY_REQUEST_EVERY;
+        assert_eq!(m.key_request(second - Duration::from_millis(1)), None);
+        assert_eq!(m.key_request(second), Some(2));
+        // Then only the hold's end is left (2 s after arrival).
+        assert_eq!(m.poll_timeout(), Some(now + HOLD_FOR));
+        m.expire(now + HOLD_FOR);
+        assert_eq!((m.held(), m.poll_timeout()), (0, None));
     }
 
     #[test]

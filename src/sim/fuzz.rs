@@ -823,6 +823,7 @@ pub fn core_report(data: &[u8]) -> CoreReport {
                         access_token: token,
                         pin: None,
                         max_datagram: client_max_datagram,
+                        ..ClientOptions::default()
                     },
                     now,
                     UNIX_START,
@@ -1504,6 +1505,10 @@ impl Sim {
             }
             ClientEvent::ServerKey { .. } | ClientEvent::PeerLeft { .. } => {}
             ClientEvent::Rejected(_) => {}
+            // The simulated relay speaks v1: no group mode.
+            ClientEvent::Downlink(_) | ClientEvent::DownlinkSilent(_) => {
+                panic!("group mode from a v1 relay")
+            }
         }
     }
 
