@@ -66,10 +66,14 @@ struct Fake {
     versions: Option<Vec<u8>>,
     /// Capabilities this relay grants (of those asked).
     grants: u32,
+    /// The GROUP_ADDR its WELCOME names.
+    downlink: SocketAddr,
     group: GroupSender,
     session: Option<Session>,
     raw: bool,
+    /// What the latest handshake asked for, and was granted.
     asked: Option<Asked>,
+    granted: u32,
     handshakes: usize,
     key_requests: Vec<u32>,
     probes: usize,
@@ -86,10 +90,12 @@ impl Fake {
             rng,
             versions: Some(vec![1, 2]),
             grants: CAP_GROUP | CAP_RAW,
+            downlink: downlink_addr(),
             group,
             session: None,
             raw: false,
             asked: None,
+            granted: 0,
             handshakes: 0,
             key_requests: Vec::new(),
             probes: 0,
@@ -168,10 +174,11 @@ impl Fake {
             self.group.ratchet(Instant::now()); // the join
         }
         let mut s = Session::new(key).expect("a valid key");
-        let (epoch, group_key, signer) = (
+        let (epoch, group_key, signer, downlink) = (
             self.group.epoch(),
             self.group.key_text(),
             self.group.signer_public(),
+            self.downlink,
         );
         let fill = |p: &mut Vec<u8>| {
             put(p, CLIENT_ID, ME.as_bytes());
@@ -180,11 +187,12 @@ impl Fake {
             }
             if granted & CAP_GROUP != 0 {
                 put_group_key(p, epoch, group_key.as_bytes());
-                put_group_addr(p, downlink_addr());
+                put_group_addr(p, downlink);
                 put(p, GROUP_SIGNER, &signer);
             }
         };
         self.raw = granted & CAP_RAW != 0;
+        self.granted = granted;
         let mut scratch = Vec::new();
         let iv = self.rng.random();
         let mut d = Vec::new();
@@ -734,4 +742,195 @@ fn no_group_option_asks_only_for_raw_and_bodies_too_large_are_errors() {
         idle.try_send(b"x", &mut out),
         Err(SendError::NotEstablished)
     );
+}
+
+/// Where a fake on a real socket sends something.
+enum To {
+    /// The client that handshook last.
+    Client,
+    /// The downlink group.
+    Group,
+}
+
+/// Runs `fake` on a loopback socket until `stop`: it answers what clients
+/// send, and every 50 ms sends what `tick` returns. Returns its address.
+fn serve(
+    mut fake: Fake,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut tick: impl FnMut(&mut Fake) -> Vec<(To, Vec<u8>)> + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::sync::atomic::Ordering;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    let addr = sock.local_addr().unwrap();
+    let mcast = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    mcast.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+    mcast.set_multicast_ttl_v4(0).unwrap();
+    mcast.set_multicast_loop_v4(true).unwrap();
+    let mcast: UdpSocket = mcast.into();
+    let handle = std::thread::spawn(move || {
+        let mut client = None;
+        let mut next_tick = Instant::now();
+        let mut buf = vec![0; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let handshakes = fake.handshakes;
+                for a in fake.answer(&buf[..n]) {
+                    sock.send_to(&a, from).unwrap();
+                }
+                if fake.handshakes > handshakes {
+                    client = Some(from);
+                }
+            }
+            if Instant::now() >= next_tick {
+                next_tick += Duration::from_millis(50);
+                for (to, d) in tick(&mut fake) {
+                    // Best effort, as a relay's sends are.
+                    let _ = match (to, client) {
+                        (To::Client, Some(c)) => sock.send_to(&d, c),
+                        (To::Group, _) => mcast.send_to(&d, fake.downlink),
+                        (To::Client, None) => continue,
+                    };
+                }
+            }
+        }
+    });
+    (addr, handle)
+}
+
+/// A multicast group and a port nobody else on this host uses now.
+fn private_downlink() -> SocketAddr {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    SocketAddr::from(([239, 255, 77, 77], port))
+}
+
+/// Reads events until `want` returns true for one, or the deadline.
+fn wait_for(
+    c: &mut crate::client::udp::UdpClient,
+    within: Duration,
+    mut want: impl FnMut(&ClientEvent) -> bool,
+) -> Vec<ClientEvent> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(e) = c.recv(Duration::from_millis(100)).expect("recv") {
+            let done = want(&e);
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("not seen within {within:?}: {seen:?}");
+}
+
+#[test]
+fn udp_clients_of_one_host_share_a_downlink_over_loopback() {
+    use crate::client::udp::{Target, UdpClient};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let downlink = private_downlink();
+    let fake = Fake {
+        downlink,
+        ..Fake::new(11)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut n = 0u32;
+    let (addr, relay) = serve(fake, stop.clone(), move |f| {
+        if f.granted & CAP_GROUP == 0 {
+            return Vec::new();
+        }
+        n += 1;
+        vec![(To::Group, f.message(OTHER, format!("tick {n}").as_bytes()))]
+    });
+    let deadline = Duration::from_secs(10);
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut c = UdpClient::new(Target::Unicast(addr), ClientOptions::default()).unwrap();
+        c.connect(deadline).expect("welcomed");
+        assert_eq!(c.downlink(), Some(downlink), "joined at the WELCOME");
+        clients.push(c);
+    }
+    for c in &mut clients {
+        let seen = wait_for(
+            c,
+            deadline,
+            |e| matches!(e, ClientEvent::Message { body, .. } if body.starts_with(b"tick")),
+        );
+        assert!(seen.contains(&ClientEvent::Downlink(downlink)), "{seen:?}");
+        assert!(c.downlink_stats().opened >= 1);
+    }
+    for c in &mut clients {
+        c.bye().unwrap();
+        assert_eq!(c.downlink(), None, "the group is left with the session");
+    }
+    stop.store(true, Ordering::Relaxed);
+    relay.join().unwrap();
+}
+
+#[test]
+fn a_udp_client_that_hears_nothing_on_the_downlink_is_served_directly() {
+    use crate::client::udp::{Target, UdpClient};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // The relay names a downlink but never sends there (nor answers probes).
+    let fake = Fake {
+        downlink: private_downlink(),
+        ..Fake::new(12)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, relay) = serve(fake, stop.clone(), |f| {
+        if f.session.is_none() || f.granted & CAP_GROUP != 0 {
+            return Vec::new();
+        }
+        let d = f.pairwise(|p| {
+            put(p, SENDER_ID, OTHER.as_bytes());
+            put(p, inner::BODY, b"direct");
+        });
+        vec![(To::Client, d)]
+    });
+    let mut c = UdpClient::new(Target::Unicast(addr), ClientOptions::default()).unwrap();
+    c.connect(Duration::from_secs(10)).expect("welcomed");
+    assert!(c.downlink().is_some());
+    let started = Instant::now();
+    // Probes for 3 s, silence for 2 more: generous bounds for a busy host.
+    let seen = wait_for(
+        &mut c,
+        Duration::from_secs(30),
+        |e| matches!(e, ClientEvent::Message { body, .. } if body == b"direct"),
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= PROBE_AFTER + PROBE_EVERY * 2 + SILENT_AFTER,
+        "{took:?}"
+    );
+    assert!(
+        matches!(
+            seen[..],
+            [ClientEvent::Downlink(_), ClientEvent::DownlinkSilent(_), ..]
+        ),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Welcome { .. })),
+        "leaving group mode is no reconnection: {seen:?}"
+    );
+    assert_eq!(c.downlink(), None);
+    assert_eq!(c.downlink_stats().probes, u64::from(PROBES));
+    c.bye().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    relay.join().unwrap();
 }
