@@ -29,8 +29,8 @@ pub mod sim;
 mod timer;
 pub mod wire;
 
-pub use client::udp::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE, MAX_BODY_LEN};
 pub use client::group::DownlinkStats;
+pub use client::udp::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE, MAX_BODY_LEN};
 pub use client::{ClientCore, ClientError, ClientEvent, ClientOptions, SendError};
 pub use net::admin::{Admin, AdminConfig};
 pub use net::batch::{send_all, send_each, BATCH};

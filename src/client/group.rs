@@ -26,13 +26,15 @@ pub const SILENT_AFTER: Duration = Duration::from_secs(2);
 /// cause (the member's checks in their order, then the client's own).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DownlinkStats {
-    /// GROUP_DATA that opened and was delivered (or was a PROBE answer).
+    /// GROUP_DATA the member opened (own echoes and PROBE answers included).
     pub opened: u64,
     /// Held for a key not yet received (may open later).
     pub held: u64,
     /// Held datagrams that opened once their key arrived.
     pub released: u64,
-    /// Not parseable: broken framing, GROUP_DATA header, or fragments.
+    /// Not parseable (framing, GROUP_DATA header, fragment header), or
+    /// not what a relay sends there: pairwise tokens, nested fragments,
+    /// more than one item in a datagram (each counted).
     pub malformed: u64,
     /// Arrived while the client was no group member.
     pub not_member: u64,

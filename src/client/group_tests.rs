@@ -444,6 +444,14 @@ fn forged_and_foreign_signatures_are_dropped() {
     // Garbage on the downlink port never reaches the member.
     assert_eq!(net.downlink(b"\x00\x0c\x00\x02ab"), []);
     assert_eq!(net.client.downlink_stats().malformed, 1);
+    // One item per datagram, as the relay sends: more buy no signature checks.
+    let mut packed = net.fake.message(OTHER, b"first");
+    for _ in 0..20 {
+        packed.extend(forged.iter());
+    }
+    assert_eq!(net.downlink(&packed), [message(OTHER, b"first")]);
+    let stats = net.client.downlink_stats();
+    assert_eq!((stats.malformed, stats.bad_signature), (1 + 20, 3));
 }
 
 #[test]

@@ -604,7 +604,13 @@ impl ClientCore {
             self.downlink_stats.not_member += 1;
             return;
         }
-        for item in d.items() {
+        // The relay sends one GROUP_DATA or one FRAGMENT per datagram; a
+        // stranger's datagram packed with more would buy one signature
+        // check each.
+        let extra = d.items().count().saturating_sub(1) + d.overflow;
+        self.downlink_stats.malformed += extra as u64;
+        let first = d.items().next();
+        if let Some(item) = first {
             match item {
                 Item::Group(g) => self.on_group_data(now, &g, events),
                 Item::Fragment(f) if !reassembled => {
