@@ -34,8 +34,9 @@ pub mod sim;
 mod timer;
 pub mod wire;
 
+pub use client::group::DownlinkStats;
 pub use client::udp::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE, MAX_BODY_LEN};
-pub use client::{ClientCore, ClientError, ClientEvent, ClientOptions};
+pub use client::{ClientCore, ClientError, ClientEvent, ClientOptions, SendError};
 pub use federation::config::{ConfigError as FederationConfigError, LinkConfig};
 pub use federation::json::Auth as NatsAuth;
 pub use federation::link::{Action as LinkAction, Link, LinkState};

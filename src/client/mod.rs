@@ -1,8 +1,32 @@
-//! The client side of protocol v1, sans-IO: [`ClientCore`] turns the
-//! server's datagrams into [`ClientEvent`]s and user actions into datagrams
-//! for the server. [`crate::client::udp::UdpClient`] puts it on a socket
-//! and owns the timers; this module owns the rules that decide what a
-//! datagram means.
+//! The client side of the protocol (v1, and v2's bound handshake, raw
+//! tokens and group mode), sans-IO: [`ClientCore`] turns the server's
+//! datagrams into [`ClientEvent`]s and user actions into datagrams for the
+//! server. [`crate::client::udp::UdpClient`] puts it on sockets and drives
+//! its clock; this module owns the rules that decide what a datagram means
+//! and when a timer is due.
+//!
+//! # Protocol v2
+//!
+//! - A SERVER_KEY answer carrying VERSIONS with 2 gets a SESSION_KEY2 (the
+//!   bound handshake: Fernet key, BIND = the answer's COOKIE, CAPS asked,
+//!   the access token as CREDENTIAL), unless the token is longer than a
+//!   CREDENTIAL may be; then, and when there is no VERSIONS, a v1
+//!   SESSION_KEY exactly as before. Once an accepted answer listed 2 the
+//!   core never sends a v1 SESSION_KEY again: an answer without VERSIONS
+//!   is ignored ([`ClientCore::downgrades`]), so no forged or lost
+//!   datagram can push it back to v1.
+//! - CAPS asks for RAW always and for GROUP unless
+//!   [`ClientOptions::group`] is off or the downlink proved silent. Once
+//!   RAW is granted the client's tokens go out raw; tokens in either form
+//!   are accepted always.
+//! - When GROUP is granted, [`ClientEvent::Downlink`] names the downlink
+//!   ([`ClientCore::downlink`]) and the shell feeds what arrives there to
+//!   [`ClientCore::handle_downlink`]. GROUP_KEYs come in pairwise DATA;
+//!   key requests and downlink probes go out from
+//!   [`ClientCore::handle_timeout`], due at [`ClientCore::poll_timeout`].
+//!   A downlink silent through the probes ends group mode
+//!   ([`ClientEvent::DownlinkSilent`]) with a background handshake that
+//!   does not ask for GROUP; the next handshake from scratch asks again.
 //!
 //! Like the relay core it draws no OS randomness and reads no clock: the
 //! caller seeds its generator (session keys, RSA-OAEP padding, Fernet IVs,
@@ -39,10 +63,15 @@
 //! hammer the server nor push a real recovery back) is the shell's timing
 //! policy, documented in [`crate::client::udp`].
 
+pub mod group;
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;
 pub mod udp;
 
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -51,10 +80,14 @@ use rsa::pkcs8::DecodePublicKey;
 use rsa::sha2::Sha256;
 use rsa::PublicKey;
 
+use self::group::{Downlink, DownlinkStats, Probe};
 use crate::reassembly::{Outcome, Reassembler, ReassemblyLimits};
+use crate::session::group::{GroupError, GroupMember};
 use crate::session::{fernet, key};
 use crate::session::{Direction, Session, UnixClock};
 use crate::wire::fragment;
+use crate::wire::group::GroupData;
+use crate::wire::handshake::{Handshake, CAP_GROUP, CAP_RAW, MAX_CREDENTIAL_LEN};
 use crate::wire::outer::{Datagram, Item, Keyed, TokenKind};
 use crate::wire::tlv;
 use crate::wire::{self, inner, outer, Inner, LeaveReason, RejectReason, MIN_HELLO_LEN};
@@ -92,6 +125,14 @@ pub enum ClientEvent {
     ServerClosing,
     /// The server refused us.
     Rejected(RejectReason),
+    /// v2 group mode was granted: join this downlink (group and port) and
+    /// hand what arrives there to [`ClientCore::handle_downlink`].
+    Downlink(SocketAddr),
+    /// Nothing correctly signed arrived on this downlink within the probes
+    /// (multicast does not reach us): group mode ends, and a handshake
+    /// without GROUP is under way so that the relay serves this client
+    /// per recipient. Worth a log line.
+    DownlinkSilent(SocketAddr),
 }
 
 /// A handshake problem.
@@ -119,6 +160,31 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// Why [`ClientCore::try_send`] sent nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No session is established.
+    NotEstablished,
+    /// The body does not fit in one token.
+    TooLarge {
+        /// The body's length.
+        len: usize,
+    },
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::NotEstablished => write!(f, "no session is established"),
+            SendError::TooLarge { len } => {
+                write!(f, "a message of {len} bytes does not fit in one token")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
 /// Options of a client session.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -128,6 +194,8 @@ pub struct ClientOptions {
     pub pin: Option<String>,
     /// Largest datagram to send; larger ones are fragmented.
     pub max_datagram: usize,
+    /// Ask a v2 server for group mode (default on).
+    pub group: bool,
 }
 
 impl Default for ClientOptions {
@@ -136,6 +204,7 @@ impl Default for ClientOptions {
             access_token: None,
             pin: None,
             max_datagram: 1200,
+            group: true,
         }
     }
 }
@@ -147,6 +216,8 @@ struct Attempt {
     session: Option<Session>,
     /// A REJECT 2, 3 or 4 that arrived after our SESSION_KEY went out.
     refused: Option<RejectReason>,
+    /// The CAPS asked for in a SESSION_KEY2; None for a v1 SESSION_KEY.
+    asked: Option<u32>,
 }
 
 impl Attempt {
@@ -154,6 +225,7 @@ impl Attempt {
         Attempt {
             session: None,
             refused: None,
+            asked: None,
         }
     }
 }
@@ -168,6 +240,8 @@ enum State {
         /// A re-handshake in the background; `session` stays in use until
         /// it is welcomed.
         rekey: Option<Box<Attempt>>,
+        /// RAW was granted: our tokens go out as raw bytes.
+        raw: bool,
     },
 }
 
@@ -183,6 +257,7 @@ struct Seen {
     hint: Option<RejectReason>,
     authentic: u64,
     pin_mismatches: u64,
+    downgrades: u64,
 }
 
 /// One client's protocol state.
@@ -198,7 +273,19 @@ struct Seen {
 pub struct ClientCore {
     opts: ClientOptions,
     state: State,
+    /// Group mode of the established session, if granted.
+    group: Option<Downlink>,
+    /// An accepted SERVER_KEY answer listed version 2: never v1 again.
+    server_v2: bool,
+    /// The downlink proved silent: background handshakes do not ask for
+    /// GROUP until the next handshake from scratch.
+    group_off: bool,
     reassembler: Reassembler,
+    /// Downlink FRAGMENTs, per source.
+    downlink_reassembler: Reassembler,
+    /// Keys the hash that turns a downlink source into a reassembly owner.
+    owner_salt: [u8; 16],
+    downlink_stats: DownlinkStats,
     next_msg_id: u32,
     scratch: Vec<u8>,
     /// Seeded by the caller: every random value the client uses.
@@ -220,7 +307,13 @@ impl ClientCore {
         ClientCore {
             opts,
             state: State::Idle,
+            group: None,
+            server_v2: false,
+            group_off: false,
             reassembler: Reassembler::new(ReassemblyLimits::default()),
+            downlink_reassembler: Reassembler::new(ReassemblyLimits::default()),
+            owner_salt: rng.random(),
+            downlink_stats: DownlinkStats::default(),
             next_msg_id: rng.random(),
             scratch: Vec::new(),
             rng,
@@ -243,11 +336,51 @@ impl ClientCore {
         matches!(self.state, State::Established { .. })
     }
 
+    /// The downlink to listen on while group mode is on (v2).
+    pub fn downlink(&self) -> Option<SocketAddr> {
+        self.group.as_ref().map(|g| g.addr)
+    }
+
+    /// The group key epoch the member is at, while group mode is on.
+    pub fn group_epoch(&self) -> Option<u32> {
+        self.group.as_ref().map(|g| g.member.epoch())
+    }
+
+    /// Group datagrams held for a key not received yet, while group mode
+    /// is on.
+    pub fn group_held(&self) -> Option<usize> {
+        self.group.as_ref().map(|g| g.member.held())
+    }
+
+    /// What arrived on the downlink and what became of it.
+    pub fn downlink_stats(&self) -> DownlinkStats {
+        self.downlink_stats
+    }
+
+    /// SERVER_KEY answers without VERSIONS ignored because an earlier one
+    /// listed version 2 (a downgrade, forged or by a server rolled back).
+    pub fn downgrades(&self) -> u64 {
+        self.seen.downgrades
+    }
+
     /// Starts a new handshake from scratch, forgetting any session:
-    /// returns the HELLO datagram.
+    /// returns the HELLO datagram. It asks for GROUP again (when the
+    /// options do) even after a silent downlink.
     pub fn hello(&mut self) -> Vec<u8> {
         self.state = State::Connecting(Attempt::new());
+        self.group = None;
+        self.group_off = false;
         hello_datagram()
+    }
+
+    /// Ends group mode at the shell's request (it could not join the
+    /// downlink): the group is forgotten and a background handshake that
+    /// does not ask for GROUP starts, so that the relay serves this client
+    /// per recipient. Returns its HELLO, or None without group mode.
+    pub fn leave_group(&mut self) -> Option<Vec<u8>> {
+        self.group.take()?;
+        self.group_off = true;
+        Some(self.rehandshake())
     }
 
     /// Starts a handshake in the background when a session is established
@@ -312,38 +445,68 @@ impl ClientCore {
     }
 
     /// Seals a DATA token with `body`; the datagrams go to `out`.
-    /// False (nothing sent) when no session is established.
+    /// False (nothing sent) when no session is established or the body
+    /// does not fit ([`ClientCore::try_send`] says which).
     pub fn send(&mut self, body: &[u8], out: &mut Vec<Vec<u8>>) -> bool {
-        self.send_token(outer::DATA, Some(body), out)
+        self.try_send(body, out).is_ok()
+    }
+
+    /// Seals a DATA token with `body`; the datagrams go to `out`.
+    ///
+    /// # Errors
+    /// [`SendError`], and nothing sent, when no session is established or
+    /// the body does not fit in one token (a TLV carries at most 65,535
+    /// bytes; the relay's copy needs room for the sender's id too, which
+    /// `UdpClient`'s `MAX_BODY_LEN` accounts for).
+    pub fn try_send(&mut self, body: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), SendError> {
+        if body.len() > tlv::MAX_VALUE_LEN {
+            return Err(SendError::TooLarge { len: body.len() });
+        }
+        self.send_token(outer::DATA, out, |p| tlv::put(p, inner::BODY, body))
+            .map_err(|e| match e {
+                SendError::TooLarge { .. } => SendError::TooLarge { len: body.len() },
+                e => e,
+            })
     }
 
     /// A KEEPALIVE for the server's idle timer.
     pub fn keepalive(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
-        self.send_token(outer::KEEPALIVE, None, out)
+        self.send_token(outer::KEEPALIVE, out, |_| {}).is_ok()
     }
 
     /// A BYE; the session ends.
     pub fn bye(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
-        let sent = self.send_token(outer::BYE, None, out);
+        let sent = self.send_token(outer::BYE, out, |_| {}).is_ok();
         self.state = State::Idle;
+        self.group = None;
         sent
     }
 
-    fn send_token(&mut self, kind: u16, body: Option<&[u8]>, out: &mut Vec<Vec<u8>>) -> bool {
-        let State::Established { session, .. } = &mut self.state else {
-            return false;
+    /// Seals `SEQ` and what `fill` appends into a token of `kind` (raw
+    /// once RAW was granted); fragments it when it is too large for one
+    /// datagram.
+    fn send_token(
+        &mut self,
+        kind: u16,
+        out: &mut Vec<Vec<u8>>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), SendError> {
+        let State::Established { session, raw, .. } = &mut self.state else {
+            return Err(SendError::NotEstablished);
         };
         let (unix_secs, iv) = (self.clock.unix_secs(), self.rng.random());
-        let token = session.seal(unix_secs, iv, &mut self.scratch, |p| {
-            if let Some(b) = body {
-                tlv::put(p, inner::BODY, b);
-            }
-        });
+        let text;
+        let token: &[u8] = if *raw {
+            session.seal_raw(unix_secs, iv, &mut self.scratch, fill)
+        } else {
+            text = session.seal(unix_secs, iv, &mut self.scratch, fill);
+            text.as_bytes()
+        };
         if token.len() > tlv::MAX_VALUE_LEN {
-            return false;
+            return Err(SendError::TooLarge { len: token.len() });
         }
         let mut d = Vec::with_capacity(token.len() + tlv::HEADER_LEN);
-        tlv::put(&mut d, kind, token.as_bytes());
+        tlv::put(&mut d, kind, token);
         if d.len() <= self.opts.max_datagram {
             out.push(d);
         } else {
@@ -351,7 +514,187 @@ impl ClientCore {
             self.next_msg_id = self.next_msg_id.wrapping_add(1);
             fragment::split(&d, self.opts.max_datagram, id, |f| out.push(f.to_vec()));
         }
-        true
+        Ok(())
+    }
+
+    /// When [`ClientCore::handle_timeout`] next has work: a key request,
+    /// a downlink probe, keys or held datagrams or downlink fragments to
+    /// expire. None when nothing is pending.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.group.as_ref().and_then(Downlink::poll_timeout),
+            self.downlink_reassembler.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs the timers due at `now`: expiries, a KEEPALIVE carrying a
+    /// KEY_REQUEST for a held epoch (after 250 ms, at most one a second),
+    /// the downlink probes, and the end of group mode when the downlink is
+    /// silent (then [`ClientEvent::DownlinkSilent`], and the HELLO of a
+    /// background handshake without GROUP goes to `out`). Early or repeated
+    /// calls do nothing.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Vec<u8>>,
+        events: &mut Vec<ClientEvent>,
+    ) {
+        self.clock.advance(now);
+        self.downlink_reassembler.expire(now);
+        self.count_downlink_evictions();
+        let Some(g) = &mut self.group else { return };
+        g.member.expire(now);
+        let request = g.member.key_request(now);
+        let probe = g.probe(now);
+        if let Some(epoch) = request {
+            let sent = self.send_token(outer::KEEPALIVE, out, |p| {
+                tlv::put(p, inner::KEY_REQUEST, &epoch.to_be_bytes())
+            });
+            self.downlink_stats.key_requests += u64::from(sent.is_ok());
+        }
+        match probe {
+            Probe::Wait => {}
+            Probe::Send => {
+                let sent =
+                    self.send_token(outer::KEEPALIVE, out, |p| tlv::put(p, inner::PROBE, &[]));
+                self.downlink_stats.probes += u64::from(sent.is_ok());
+            }
+            Probe::Silent => {
+                if let Some(addr) = self.downlink() {
+                    events.push(ClientEvent::DownlinkSilent(addr));
+                }
+                out.extend(self.leave_group());
+            }
+        }
+    }
+
+    /// Handles a datagram that arrived on the downlink socket from `src`:
+    /// GROUP_DATA (whole or in FRAGMENTs, reassembled per source) is
+    /// checked and opened by the group member; its messages and notices
+    /// become events as for DATA. The client's own messages and its own
+    /// PEER_JOINED are dropped. Nothing else is acted on here: not even a
+    /// REJECT, which only counts on the session socket.
+    pub fn handle_downlink(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        data: &[u8],
+        events: &mut Vec<ClientEvent>,
+    ) {
+        self.clock.advance(now);
+        self.downlink_payload(now, src, data, false, events);
+    }
+
+    fn downlink_payload(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        data: &[u8],
+        reassembled: bool,
+        events: &mut Vec<ClientEvent>,
+    ) {
+        let Ok(d) = Datagram::parse(data) else {
+            self.downlink_stats.malformed += 1;
+            return;
+        };
+        if self.group.is_none() {
+            self.downlink_stats.not_member += 1;
+            return;
+        }
+        // The relay sends one GROUP_DATA or one FRAGMENT per datagram; a
+        // stranger's datagram packed with more would buy one signature
+        // check each.
+        let extra = d.items().count().saturating_sub(1) + d.overflow;
+        self.downlink_stats.malformed += extra as u64;
+        let first = d.items().next();
+        if let Some(item) = first {
+            match item {
+                Item::Group(g) => self.on_group_data(now, &g, events),
+                Item::Fragment(f) if !reassembled => {
+                    let owner = self.owner_of(src);
+                    self.downlink_reassembler.expire(now);
+                    let outcome = self.downlink_reassembler.insert(now, owner, &f);
+                    self.count_downlink_evictions();
+                    match outcome {
+                        Outcome::Complete(p) => self.downlink_payload(now, src, &p, true, events),
+                        Outcome::Incomplete => {}
+                        Outcome::Dropped(_) => self.downlink_stats.fragments_dropped += 1,
+                    }
+                }
+                // Nested fragments, or pairwise tokens: never sent to a group.
+                Item::Fragment(_) | Item::Token(..) => self.downlink_stats.malformed += 1,
+            }
+        }
+    }
+
+    fn count_downlink_evictions(&mut self) {
+        for (_, n) in self.downlink_reassembler.take_evictions() {
+            self.downlink_stats.fragments_dropped += n;
+        }
+    }
+
+    /// The reassembly owner of a downlink source: a keyed hash, so that
+    /// nobody can pick an address that shares the relay's slots.
+    fn owner_of(&self, src: SocketAddr) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        self.owner_salt.hash(&mut h);
+        src.hash(&mut h);
+        h.finish()
+    }
+
+    fn on_group_data(&mut self, now: Instant, g: &GroupData<'_>, events: &mut Vec<ClientEvent>) {
+        let Some(group) = &mut self.group else { return };
+        let result = group.member.open_data(now, g);
+        if !matches!(
+            result,
+            Err(GroupError::BadSignature | GroupError::Malformed)
+        ) {
+            group.heard(); // the relay's signature: multicast reaches us
+        }
+        match result {
+            Ok(plain) => {
+                self.downlink_stats.opened += 1;
+                self.on_group_plain(&plain, events);
+            }
+            Err(e) => self.downlink_stats.refused(e),
+        }
+    }
+
+    /// A group plaintext the member accepted (GSEQ checked).
+    fn on_group_plain(&mut self, plain: &[u8], events: &mut Vec<ClientEvent>) {
+        let Ok(m) = Inner::parse(plain) else { return };
+        let me = self.id().map(str::as_bytes);
+        if me.is_some() && (m.sender_id == me || m.peer_joined == me) {
+            self.downlink_stats.own_echo += 1;
+            return;
+        }
+        self.notice(&m, events);
+    }
+
+    /// Events for a message or notice, from DATA or GROUP_DATA. A PROBE
+    /// answer carries none.
+    fn notice(&mut self, m: &Inner<'_>, events: &mut Vec<ClientEvent>) {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        if let (Some(sender), Some(body)) = (m.sender_id, m.body) {
+            events.push(ClientEvent::Message {
+                sender: text(sender),
+                body: body.to_vec(),
+            });
+        } else if let Some(id) = m.peer_joined {
+            events.push(ClientEvent::PeerJoined(text(id)));
+        } else if let Some(id) = m.peer_left {
+            events.push(ClientEvent::PeerLeft {
+                id: text(id),
+                reason: m.reason.and_then(LeaveReason::from_u8),
+            });
+        } else if m.server_closing {
+            self.state = State::Idle;
+            self.group = None;
+            events.push(ClientEvent::ServerClosing);
+        }
     }
 
     /// Handles a datagram from the server: events go to `events`, replies
@@ -391,7 +734,7 @@ impl ClientCore {
         }
         let mut result = Ok(());
         if let Some(k) = d.server_key {
-            result = self.on_server_key(k, out, events);
+            result = self.on_server_key(k, d.versions, out, events);
         }
         if let Some(r) = d.reject.and_then(RejectReason::from_u8) {
             self.on_reject(r, events);
@@ -399,7 +742,7 @@ impl ClientCore {
         for item in d.items() {
             match item {
                 Item::Token(kind @ (TokenKind::Welcome | TokenKind::Data), token) => {
-                    self.on_token(kind, token, events)
+                    self.on_token(now, kind, token, events)
                 }
                 // KEEPALIVE and BYE only travel towards the server.
                 Item::Token(TokenKind::Keepalive | TokenKind::Bye, _) => {}
@@ -416,6 +759,8 @@ impl ClientCore {
                 }
                 // A fragment inside a reassembled message would let one message recurse.
                 Item::Fragment(_) => self.dropped += 1,
+                // GROUP_DATA comes on the downlink, not on the session socket.
+                Item::Group(_) => self.dropped += 1,
             }
         }
         result
@@ -424,6 +769,7 @@ impl ClientCore {
     fn on_server_key(
         &mut self,
         k: Keyed<'_>,
+        versions: Option<&[u8]>,
         out: &mut Vec<Vec<u8>>,
         events: &mut Vec<ClientEvent>,
     ) -> Result<(), ClientError> {
@@ -450,22 +796,63 @@ impl ClientCore {
                 });
             }
         }
+        let token = self.opts.access_token.as_deref().unwrap_or_default();
+        // A token too long for CREDENTIAL can only travel in v1's SESSION_KEY.
+        let v2_possible = token.len() <= MAX_CREDENTIAL_LEN;
+        let offers_v2 = versions.is_some_and(|v| v.contains(&2));
+        if v2_possible && self.server_v2 && !offers_v2 {
+            // v2 was offered before: an answer without it is a downgrade
+            // (forged, or a relay rolled back); wait on for a v2 answer.
+            self.seen.downgrades += 1;
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.server_v2 |= offers_v2;
         let key = fernet::encode_key(&self.rng.random());
-        let mut plain = key.clone().into_bytes();
-        plain.extend_from_slice(self.opts.access_token.as_deref().unwrap_or_default());
+        let mut plain = Vec::with_capacity(190);
+        let asked = if v2_possible && offers_v2 {
+            let caps = self.caps_wanted();
+            let Ok(bind) = cookie.try_into() else {
+                return Ok(()); // cookie_len_ok: 16 bytes
+            };
+            Handshake {
+                fernet_key: key.as_bytes(),
+                bind,
+                caps,
+                credential: (!token.is_empty()).then_some(token),
+            }
+            .emit(&mut plain);
+            Some(caps)
+        } else {
+            plain.extend_from_slice(key.as_bytes());
+            plain.extend_from_slice(token);
+            None
+        };
         let Ok(ct) = public.oaep_encrypt_with_rng::<Sha256, _>(&mut self.rng, &plain) else {
             self.dropped += 1;
             return Ok(());
         };
         let mut d = Vec::new();
         tlv::put(&mut d, outer::COOKIE, cookie);
-        tlv::put(&mut d, outer::SESSION_KEY, &ct);
+        let kind = if asked.is_some() {
+            outer::SESSION_KEY2
+        } else {
+            outer::SESSION_KEY
+        };
+        tlv::put(&mut d, kind, &ct);
         out.push(d);
         if let Some(attempt) = self.attempt_mut() {
             attempt.session = Session::new(&key);
+            attempt.asked = asked;
         }
         events.push(ClientEvent::ServerKey { fingerprint });
         Ok(())
+    }
+
+    /// The CAPS a SESSION_KEY2 asks for.
+    fn caps_wanted(&self) -> u32 {
+        let group = self.opts.group && !self.group_off;
+        CAP_RAW | if group { CAP_GROUP } else { 0 }
     }
 
     fn on_reject(&mut self, r: RejectReason, events: &mut Vec<ClientEvent>) {
@@ -507,25 +894,95 @@ impl ClientCore {
         Some((plain, Opened::Pending))
     }
 
-    /// Makes the pending session the established one, under `id`.
-    fn promote(&mut self, id: String) {
+    /// Makes the pending session the established one, under `id`, with
+    /// the v2 fields of its WELCOME (None when a token under the new key
+    /// overtook a lost WELCOME).
+    fn promote(
+        &mut self,
+        now: Instant,
+        id: String,
+        welcome: Option<&Inner<'_>>,
+        events: &mut Vec<ClientEvent>,
+    ) {
         let pending = match std::mem::replace(&mut self.state, State::Idle) {
-            State::Connecting(a) => a.session,
-            State::Established { rekey, .. } => rekey.and_then(|a| a.session),
+            State::Connecting(a) => Some(a),
+            State::Established { rekey, .. } => rekey.map(|a| *a),
             State::Idle => None,
         };
         // Only called once a token opened under the pending session.
-        if let Some(session) = pending {
-            self.seen.hint = None; // about the session just replaced
-            self.state = State::Established {
-                session,
-                id,
-                rekey: None,
-            };
+        let Some(Attempt {
+            session: Some(session),
+            asked,
+            ..
+        }) = pending
+        else {
+            self.group = None;
+            return;
+        };
+        self.seen.hint = None; // about the session just replaced
+        let granted = match (asked, welcome) {
+            (Some(asked), Some(m)) => m.caps.unwrap_or(0) & asked,
+            // WELCOME lost: RAW is unknown, so text; group mode as asked
+            // stays as it was (the relay keeps a member that asked again).
+            (Some(asked), None) if self.group.is_some() => asked & CAP_GROUP,
+            (Some(_), None) | (None, _) => 0,
+        };
+        self.state = State::Established {
+            session,
+            id,
+            rekey: None,
+            raw: granted & CAP_RAW != 0,
+        };
+        events.push(ClientEvent::Welcome {
+            id: self.id().unwrap_or_default().to_owned(),
+        });
+        if granted & CAP_GROUP == 0 {
+            self.group = None;
+            return;
+        }
+        let Some(m) = welcome else { return };
+        let (Some((epoch, key)), Some(addr), Some(signer)) =
+            (m.group_key, m.group_addr, m.group_signer)
+        else {
+            self.group = None; // GROUP granted without its fields: broken
+            self.dropped += 1;
+            return;
+        };
+        if let Some(g) = self
+            .group
+            .as_mut()
+            .filter(|g| g.addr == addr && g.member.same_signer(signer))
+        {
+            // A re-handshake: same group, the join moved the key on.
+            let released = g.member.set_key(now, epoch, key);
+            self.release(released, events);
+            return;
+        }
+        // A new signer is a new GSEQ space: a new member.
+        let Some(member) = GroupMember::new(signer, epoch, key) else {
+            self.group = None;
+            self.dropped += 1;
+            return;
+        };
+        self.group = Some(Downlink::new(member, addr, now));
+        events.push(ClientEvent::Downlink(addr));
+    }
+
+    /// Delivers held group datagrams a GROUP_KEY released, in order.
+    fn release(&mut self, released: Vec<Vec<u8>>, events: &mut Vec<ClientEvent>) {
+        for plain in released {
+            self.downlink_stats.released += 1;
+            self.on_group_plain(&plain, events);
         }
     }
 
-    fn on_token(&mut self, kind: TokenKind, token: &[u8], events: &mut Vec<ClientEvent>) {
+    fn on_token(
+        &mut self,
+        now: Instant,
+        kind: TokenKind,
+        token: &[u8],
+        events: &mut Vec<ClientEvent>,
+    ) {
         let Some((plain, by)) = self.open(kind, token) else {
             self.dropped += 1;
             return;
@@ -535,16 +992,14 @@ impl ClientCore {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         match by {
             Opened::Pending => {
-                // A DATA under the new key: its WELCOME was lost, the id stays.
-                let id = match m.client_id {
-                    Some(id) if kind == TokenKind::Welcome => text(id),
-                    _ => self.id().unwrap_or_default().to_owned(),
-                };
-                self.promote(id.clone());
-                events.push(ClientEvent::Welcome { id });
                 if kind == TokenKind::Welcome {
+                    let id = text(m.client_id.unwrap_or_default());
+                    self.promote(now, id, Some(&m), events);
                     return;
                 }
+                // A DATA under the new key: its WELCOME was lost, the id stays.
+                let id = self.id().unwrap_or_default().to_owned();
+                self.promote(now, id, None, events);
             }
             Opened::Established => {
                 if let State::Established { rekey, .. } = &mut self.state {
@@ -560,22 +1015,12 @@ impl ClientCore {
                 }
             }
         }
-        if let (Some(sender), Some(body)) = (m.sender_id, m.body) {
-            events.push(ClientEvent::Message {
-                sender: text(sender),
-                body: body.to_vec(),
-            });
-        } else if let Some(id) = m.peer_joined {
-            events.push(ClientEvent::PeerJoined(text(id)));
-        } else if let Some(id) = m.peer_left {
-            events.push(ClientEvent::PeerLeft {
-                id: text(id),
-                reason: m.reason.and_then(LeaveReason::from_u8),
-            });
-        } else if m.server_closing {
-            self.state = State::Idle;
-            events.push(ClientEvent::ServerClosing);
+        if let (Some((epoch, key)), Some(g)) = (m.group_key, &mut self.group) {
+            // A rekey, or the answer to a KEY_REQUEST.
+            let released = g.member.set_key(now, epoch, key);
+            self.release(released, events);
         }
+        self.notice(&m, events);
     }
 }
 

@@ -1,10 +1,25 @@
 //! The Rust client: [`UdpClient`], a blocking client on a std UDP socket.
 //! It puts the sans-IO [`ClientCore`] (handshake, Fernet sessions,
-//! fragmentation both ways, the anti-replay window on receive) on a socket
-//! and adds retries, timeouts, optional automatic keepalives and optional
-//! automatic recovery after the server forgot the session (a restart, a
-//! timeout, SERVER_CLOSING). Used by `mcrelay chat/send/listen`, the
-//! examples and the tests.
+//! fragmentation both ways, the anti-replay window on receive, v2 group
+//! mode) on a socket and adds retries, timeouts, optional automatic
+//! keepalives and optional automatic recovery after the server forgot the
+//! session (a restart, a timeout, SERVER_CLOSING). Used by `mcrelay
+//! chat/send/listen`, the examples and the tests.
+//!
+//! # Group mode (protocol v2)
+//!
+//! When the relay grants group mode the client opens a second socket on
+//! the downlink's port (SO_REUSEADDR, so that several clients of one host
+//! can) and joins the downlink group on its interface: the `iface` of a
+//! [`Target::Multicast`], otherwise the local address the system would use
+//! to reach the server (for IPv6, the server's scope, else any interface).
+//! [`UdpClient::recv`] waits on both sockets. Anything may arrive on the
+//! downlink; only what the relay signed is used. The socket is closed,
+//! which leaves the group, when the session ends or group mode does. If
+//! the downlink cannot be joined, or stays silent through the probes, the
+//! client handshakes again without group mode (quietly: no new
+//! `Welcome` comes out of `recv`, only [`ClientEvent::DownlinkSilent`]),
+//! retrying once a second as a recovery does.
 //!
 //! # Recovery and forged datagrams
 //!
@@ -63,12 +78,14 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::client::{ClientCore, ClientError, ClientEvent, ClientOptions};
+use crate::client::group::DownlinkStats;
+use crate::client::{ClientCore, ClientError, ClientEvent, ClientOptions, SendError};
 use crate::wire::RejectReason;
 
 /// How long to wait for an answer before sending HELLO again.
@@ -83,6 +100,10 @@ const REFUSALS_TO_STOP: u32 = 2;
 /// How long a hint waits for the established session to prove it false
 /// before the re-handshake goes out.
 const HINT_GRACE: Duration = Duration::from_millis(200);
+
+/// How often a handshake without group mode is retried after the downlink
+/// failed, when automatic recovery is off.
+const DOWNLINK_RETRY: Duration = Duration::from_secs(1);
 
 /// A keepalive interval well inside the server's default 60 s client timeout.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
@@ -183,6 +204,14 @@ pub struct UdpClient {
     handshake_timeout: Duration,
     /// The last SERVER_KEY refused because of the pin, for the error.
     pin_mismatch: Option<ClientError>,
+    /// The group downlink joined, while group mode is on.
+    downlink: Option<JoinedDownlink>,
+}
+
+/// The second socket of group mode, member of the downlink group.
+struct JoinedDownlink {
+    sock: UdpSocket,
+    addr: SocketAddr,
 }
 
 /// An automatic recovery: from a hint or a loss until a new WELCOME.
@@ -201,6 +230,9 @@ struct Recovery {
     /// [`ClientCore::pin_mismatches`] when it started.
     pins_at_start: u64,
     tries: Tries,
+    /// Started by the client itself to leave group mode: its WELCOME is
+    /// not reported (the session goes on, only the transport changed).
+    quiet: bool,
 }
 
 /// The attempts of one handshake (first connection or recovery).
@@ -283,6 +315,7 @@ impl UdpClient {
             last_hello: None,
             handshake_timeout: Duration::from_secs(5),
             pin_mismatch: None,
+            downlink: None,
         })
     }
 
@@ -343,6 +376,16 @@ impl UdpClient {
     /// True while a session is established.
     pub fn is_established(&self) -> bool {
         self.core.is_established()
+    }
+
+    /// The group downlink this client has joined, while in group mode.
+    pub fn downlink(&self) -> Option<SocketAddr> {
+        self.downlink.as_ref().map(|d| d.addr)
+    }
+
+    /// What arrived on the group downlink and what became of it.
+    pub fn downlink_stats(&self) -> DownlinkStats {
+        self.core.downlink_stats()
     }
 
     /// The largest datagram received from the server so far.
@@ -445,60 +488,132 @@ impl UdpClient {
         }
     }
 
-    /// Reads datagrams until `until` or until at least one event is queued.
+    /// Reads datagrams (from the server, and from the downlink in group
+    /// mode) until `until` or until at least one event is queued.
     fn pump(&mut self, until: Instant) -> Result<(), ConnectError> {
         while self.events.is_empty() {
             let now = Instant::now();
             let Some(wait) = until.checked_duration_since(now).filter(|d| !d.is_zero()) else {
                 return Ok(());
             };
-            self.sock.set_read_timeout(Some(wait))?;
-            let (n, from) = match self.sock.recv_from(&mut self.buf) {
-                Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(())
+            let (session, downlink) =
+                wait_readable(&self.sock, self.downlink.as_ref().map(|d| &d.sock), wait)?;
+            if session {
+                self.read_session(wait)?;
+            }
+            if let (true, Some(d)) = (downlink, &self.downlink) {
+                d.sock.set_read_timeout(Some(wait))?;
+                if let Some((n, from)) = recv_datagram(&d.sock, &mut self.buf)? {
+                    self.core.handle_downlink(
+                        Instant::now(),
+                        from,
+                        &self.buf[..n],
+                        &mut self.scratch_events,
+                    );
+                    self.after_datagram();
                 }
-                // EINTR, or an ICMP error some systems report for an
-                // earlier datagram to a server that is down: keep waiting,
-                // the retry and recovery timers deal with a dead server.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionRefused
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if self.server.is_some_and(|s| s != from) {
-                continue;
             }
-            self.largest_received = self.largest_received.max(n);
-            let r = self.core.handle_datagram(
-                Instant::now(),
-                &self.buf[..n],
-                &mut self.out,
-                &mut self.scratch_events,
-            );
-            if let Err(e) = r {
-                // Someone else's key: ignored, the handshake waits on.
-                self.pin_mismatch = Some(e);
-            }
-            if self.server.is_none() && !self.out.is_empty() {
-                // Answered a SERVER_KEY sent to the group: talk unicast from now on.
-                self.server = Some(from);
-                self.dest = from;
-            }
-            self.flush()?;
-            self.after_datagram();
+            self.sync_downlink()?;
         }
         Ok(())
+    }
+
+    /// Reads one datagram from the session socket, which poll(2) found
+    /// readable (`wait` bounds the read should that have been spurious).
+    fn read_session(&mut self, wait: Duration) -> Result<(), ConnectError> {
+        self.sock.set_read_timeout(Some(wait))?;
+        let Some((n, from)) = recv_datagram(&self.sock, &mut self.buf)? else {
+            return Ok(());
+        };
+        if self.server.is_some_and(|s| s != from) {
+            return Ok(());
+        }
+        self.largest_received = self.largest_received.max(n);
+        let r = self.core.handle_datagram(
+            Instant::now(),
+            &self.buf[..n],
+            &mut self.out,
+            &mut self.scratch_events,
+        );
+        if let Err(e) = r {
+            // Someone else's key: ignored, the handshake waits on.
+            self.pin_mismatch = Some(e);
+        }
+        if self.server.is_none() && !self.out.is_empty() {
+            // Answered a SERVER_KEY sent to the group: talk unicast from now on.
+            self.server = Some(from);
+            self.dest = from;
+        }
+        self.flush()?;
+        self.after_datagram();
+        Ok(())
+    }
+
+    /// Makes the downlink socket follow the core: joined while group mode
+    /// is on, closed (which leaves the group) when it ends. A downlink that
+    /// cannot be joined ends group mode.
+    fn sync_downlink(&mut self) -> io::Result<()> {
+        let want = self.core.downlink();
+        if self.downlink.as_ref().map(|d| d.addr) == want {
+            return Ok(());
+        }
+        self.downlink = None;
+        let Some(addr) = want else { return Ok(()) };
+        match join_downlink(addr, self.join_iface(), self.join_index()) {
+            Ok(sock) => self.downlink = Some(JoinedDownlink { sock, addr }),
+            Err(_) => {
+                // Nothing can arrive there: ask to be served per recipient.
+                if let Some(hello) = self.core.leave_group() {
+                    self.out.push(hello);
+                    self.flush()?;
+                    self.events.push_back(ClientEvent::DownlinkSilent(addr));
+                    self.quiet_recovery(Instant::now());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The interface to join an IPv4 downlink on: the target's, else the
+    /// local address that routes to the server.
+    fn join_iface(&self) -> Ipv4Addr {
+        if let Target::Multicast { iface, .. } = self.target {
+            if !iface.is_unspecified() {
+                return iface;
+            }
+        }
+        let local = self.server.and_then(|server| {
+            let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+            probe.connect(server).ok()?; // no datagram: only a route lookup
+            probe.local_addr().ok()
+        });
+        match local.map(|a| a.ip()) {
+            Some(IpAddr::V4(ip)) => ip,
+            _ => Ipv4Addr::UNSPECIFIED,
+        }
+    }
+
+    /// The interface index to join an IPv6 downlink on: the server's scope
+    /// (a link-local server), else 0, any interface.
+    fn join_index(&self) -> u32 {
+        match self.server {
+            Some(SocketAddr::V6(a)) => a.scope_id(),
+            _ => 0,
+        }
+    }
+
+    /// Retries the background handshake the core started to leave group
+    /// mode, without telling the caller about its WELCOME.
+    fn quiet_recovery(&mut self, now: Instant) {
+        self.last_hello = Some(now);
+        if self.recovery.is_some() {
+            return; // one under way already sends HELLOs
+        }
+        let every = self.reconnect_every.unwrap_or(DOWNLINK_RETRY);
+        let mut rec = Recovery::new(now, now + every, None, &self.core);
+        rec.tries.started = Some(now);
+        rec.quiet = true;
+        self.recovery = Some(rec);
     }
 
     /// Files the core's events and hint after a datagram.
@@ -508,7 +623,16 @@ impl UdpClient {
         // the hints it acts on, and refusals of its own handshakes.
         let filter = self.reconnect_every.is_some()
             && (self.core.is_established() || self.recovery.is_some());
+        let mut downlink_silent = false;
         for e in self.scratch_events.drain(..) {
+            let welcomed = matches!(e, ClientEvent::Welcome { .. })
+                && self.core.is_established()
+                && !self.core.is_rehandshaking();
+            // The recovery is over; one the client started itself to leave
+            // group mode is not news to the caller.
+            if welcomed && self.recovery.take().is_some_and(|r| r.quiet) {
+                continue;
+            }
             match &e {
                 ClientEvent::ServerKey { fingerprint } => {
                     self.fingerprint = Some(fingerprint.clone());
@@ -516,11 +640,7 @@ impl UdpClient {
                         rec.key_accepted = true;
                     }
                 }
-                ClientEvent::Welcome { .. }
-                    if self.core.is_established() && !self.core.is_rehandshaking() =>
-                {
-                    self.recovery = None
-                }
+                ClientEvent::DownlinkSilent(_) => downlink_silent = true,
                 ClientEvent::ServerClosing if self.reconnect_every.is_some() => {
                     self.recovery = Some(Recovery::new(now, now, None, &self.core));
                 }
@@ -533,6 +653,9 @@ impl UdpClient {
                 _ => {}
             }
             self.events.push_back(e);
+        }
+        if downlink_silent {
+            self.quiet_recovery(now);
         }
         let hint = self.core.take_hint();
         if let (Some(r), Some(every), None) = (hint, self.reconnect_every, &self.recovery) {
@@ -550,9 +673,10 @@ impl UdpClient {
     /// proven false, or refused for good). Returns when it next needs
     /// attention.
     fn run_recovery(&mut self, now: Instant) -> Result<Option<Instant>, ConnectError> {
-        let (Some(rec), Some(every)) = (&mut self.recovery, self.reconnect_every) else {
+        let Some(rec) = &mut self.recovery else {
             return Ok(None);
         };
+        let every = self.reconnect_every.unwrap_or(DOWNLINK_RETRY);
         let established = self.core.is_established();
         let welcomed = established && !self.core.is_rehandshaking() && rec.tries.started.is_some();
         let refuted = rec.tries.started.is_none()
@@ -602,6 +726,14 @@ impl UdpClient {
     /// Sends what the keepalive and recovery timers ask for; returns when
     /// they next need attention.
     fn run_timers(&mut self, now: Instant) -> Result<Option<Instant>, ConnectError> {
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            // Key requests, downlink probes, expiries.
+            self.core
+                .handle_timeout(now, &mut self.out, &mut self.scratch_events);
+            self.flush()?;
+            self.after_datagram();
+            self.sync_downlink()?;
+        }
         let recovery_at = self.run_recovery(now)?;
         let keepalive_at = match self.keepalive_every {
             Some(every) if self.core.is_established() => {
@@ -612,10 +744,10 @@ impl UdpClient {
             }
             _ => None,
         };
-        Ok(match (recovery_at, keepalive_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        Ok([recovery_at, keepalive_at, self.core.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min())
     }
 
     /// The next event, or None after `timeout`. Keepalives and recovery
@@ -652,9 +784,13 @@ impl UdpClient {
                 ),
             ));
         }
-        let ok = self.core.send(body, &mut self.out);
-        self.flush()?;
-        Ok(ok)
+        match self.core.try_send(body, &mut self.out) {
+            Ok(()) => self.flush().map(|()| true),
+            Err(SendError::NotEstablished) => Ok(false),
+            Err(e @ SendError::TooLarge { .. }) => {
+                Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+            }
+        }
     }
 
     /// Sends a KEEPALIVE.
@@ -669,6 +805,7 @@ impl UdpClient {
         self.recovery = None;
         let ok = self.core.bye(&mut self.out);
         self.flush()?;
+        self.sync_downlink()?;
         Ok(ok)
     }
 }
@@ -688,6 +825,7 @@ impl Recovery {
             key_accepted: false,
             pins_at_start: core.pin_mismatches(),
             tries: Tries::default(),
+            quiet: false,
         }
     }
 }
@@ -697,6 +835,105 @@ fn is_handshake_event(e: &ClientEvent) -> bool {
         e,
         ClientEvent::Welcome { .. } | ClientEvent::Rejected(_) | ClientEvent::ServerKey { .. }
     )
+}
+
+/// Waits until the session socket or the downlink socket is readable, or
+/// `timeout` passed; says which are.
+fn wait_readable(
+    session: &UdpSocket,
+    downlink: Option<&UdpSocket>,
+    timeout: Duration,
+) -> io::Result<(bool, bool)> {
+    let fd = |s: &UdpSocket| libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [fd(session), downlink.map_or(fd(session), fd)];
+    let n: libc::nfds_t = if downlink.is_some() { 2 } else { 1 };
+    // Rounded up: a wait of 0 ms with time left would spin.
+    let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    // SAFETY: `fds` is a live array of at least `n` pollfd structs, whose
+    // descriptors belong to sockets borrowed for the whole call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // EINTR: the caller's loop looks at the clock and waits again.
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok((false, false))
+        } else {
+            Err(e)
+        };
+    }
+    // POLLERR (an ICMP error queued) is read, and ignored, by recv_from.
+    let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLERR) != 0;
+    Ok((ready(&fds[0]), downlink.is_some() && ready(&fds[1])))
+}
+
+/// One datagram from a socket poll(2) found readable; None when there was
+/// nothing after all, or an error that only concerns an earlier datagram.
+fn recv_datagram(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr)>> {
+    match sock.recv_from(buf) {
+        Ok(x) => Ok(Some(x)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        // EINTR, or an ICMP error some systems report for an earlier
+        // datagram to a server that is down: keep waiting, the retry and
+        // recovery timers deal with a dead server.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A socket on the downlink's port, member of its group on `iface` (IPv4)
+/// or on the interface of index `index` (IPv6; 0: the system's choice).
+/// SO_REUSEADDR lets several clients of one host bind the port; each gets
+/// its own copy of every group datagram.
+fn join_downlink(addr: SocketAddr, iface: Ipv4Addr, index: u32) -> io::Result<UdpSocket> {
+    if !addr.ip().is_multicast() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("downlink {addr} is not a multicast group"),
+        ));
+    }
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    match addr.ip() {
+        IpAddr::V4(group) => {
+            // Only this socket's own groups, not every group some other
+            // socket of the host joined on this port (Linux's default).
+            #[cfg(target_os = "linux")]
+            s.set_multicast_all_v4(false)?;
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port())).into())?;
+            s.join_multicast_v4(&group, &iface)?;
+        }
+        IpAddr::V6(group) => {
+            s.set_only_v6(true)?;
+            #[cfg(target_os = "linux")]
+            s.set_multicast_all_v6(false)?;
+            s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, addr.port())).into())?;
+            s.join_multicast_v6(&group, index)?;
+        }
+    }
+    Ok(s.into())
 }
 
 /// The system clock's Unix seconds (0 if it reads before 1970).

@@ -4,7 +4,7 @@
 use std::io::{self, BufRead};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 
-use mcrelay::UdpClient;
+use mcrelay::{UdpClient, MAX_BODY_LEN};
 
 use super::client_args;
 use super::finish;
@@ -83,14 +83,15 @@ fn send_typed(
         if line.is_empty() {
             continue;
         }
-        if !c.is_established() {
-            // No queue: delivered minutes later, a chat line misleads.
-            p.note("not connected; message not sent")?;
-        } else if !c.send(&line).map_err(|e| format!("cannot send: {e}"))? {
+        if line.len() > MAX_BODY_LEN {
+            // Refused before sending; the session goes on.
             p.note(&format!(
-                "message too large ({} bytes); not sent",
+                "message too large ({} bytes, at most {MAX_BODY_LEN}); not sent",
                 line.len()
             ))?;
+        } else if !c.is_established() || !c.send(&line).map_err(|e| format!("cannot send: {e}"))? {
+            // No queue: delivered minutes later, a chat line misleads.
+            p.note("not connected; message not sent")?;
         }
     }
 }

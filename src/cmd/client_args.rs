@@ -23,6 +23,10 @@ CONNECTION (unicast unless --group is given):
     --iface ADDR          interface to send group traffic from (with --group)
                           [default: 0.0.0.0, the kernel's choice]
     --ttl N               multicast TTL (with --group); 0 keeps it on this host [default: 1]
+    --no-group            do not ask a v2 relay for group mode (one signed multicast copy of
+                          each message for all members); have every message sent to this
+                          client alone [default: ask; a client that hears nothing on the
+                          group downlink falls back by itself]
 
 SECURITY:
     --pin SHA256          ignore answers whose key has another fingerprint, waiting for
@@ -102,7 +106,10 @@ pub fn parse(args: &mut pico_args::Arguments, keepalive: bool) -> Result<ClientA
         }
     };
 
-    let mut opts = ClientOptions::default();
+    let mut opts = ClientOptions {
+        group: !args.contains("--no-group"),
+        ..ClientOptions::default()
+    };
     if let Some(pin) = opt::<String>(args, "--pin")? {
         if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(

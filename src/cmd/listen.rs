@@ -229,6 +229,16 @@ impl Printer {
                 self.fingerprint = Some(fingerprint);
                 return Ok(());
             }
+            // Group mode is the transport's business: stdout stays the same.
+            (ClientEvent::Downlink(_), _) => return Ok(()),
+            (ClientEvent::DownlinkSilent(addr), _) => {
+                eprintln!(
+                    "mcrelay: nothing signed by the relay arrived on the group downlink {addr} \
+                     (multicast does not reach this host); asking the relay to send to this \
+                     client directly"
+                );
+                return Ok(());
+            }
             (ClientEvent::Welcome { id }, f) => {
                 self.lost = false;
                 self.refused = None;

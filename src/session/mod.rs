@@ -4,6 +4,7 @@
 //! Fernet timestamps they write ([`UnixClock`]).
 
 pub mod fernet;
+pub mod group;
 pub mod key;
 pub mod replay;
 
@@ -30,8 +31,9 @@ pub enum OpenError {
 
 /// The way a token travels. Both ends share one key, so [`Session::open`]
 /// tells them apart by content: every server plaintext carries a field only
-/// the server sends (SENDER_ID, CLIENT_ID, PEER_JOINED, PEER_LEFT, REASON or
-/// SERVER_CLOSING) and no client plaintext (`SEQ [BODY]`) does.
+/// the server sends (SENDER_ID, CLIENT_ID, PEER_JOINED, PEER_LEFT, REASON,
+/// SERVER_CLOSING, or v2's CAPS, GROUP_KEY, GROUP_ADDR, GROUP_SIGNER) and no
+/// client plaintext (`SEQ [BODY | KEY_REQUEST | PROBE]`) does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// Client to server: the relay opening a client's token.
@@ -107,12 +109,24 @@ impl Session {
         scratch: &mut Vec<u8>,
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> String {
+        fernet::to_text(self.seal_raw(unix_secs, iv, scratch, fill))
+    }
+
+    /// [`Session::seal`] into a raw token (protocol v2 RAW), which is left
+    /// in `scratch` and returned from there: no allocation at all.
+    pub fn seal_raw<'s>(
+        &mut self,
+        unix_secs: u64,
+        iv: [u8; 16],
+        scratch: &'s mut Vec<u8>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> &'s [u8] {
         scratch.clear();
         wire::put_seq(scratch, self.next_seq);
         self.next_seq = self.next_seq.saturating_add(1);
         fill(scratch);
         self.key.seal_in_place(unix_secs, iv, scratch);
-        fernet::to_text(scratch)
+        scratch
     }
 
     /// Authenticates and decrypts a token (raw or text) travelling `dir`,
@@ -123,12 +137,18 @@ impl Session {
     pub fn open(&mut self, token: &[u8], dir: Direction) -> Result<Vec<u8>, OpenError> {
         let plain = self.key.open(token).map_err(|_| OpenError::BadToken)?;
         let m = Inner::parse(&plain).map_err(OpenError::Malformed)?;
+        // v2: CAPS and the group fields travel only in the server's tokens
+        // (WELCOME, and `SEQ GROUP_KEY` rekeys).
         let from_server = m.sender_id.is_some()
             || m.client_id.is_some()
             || m.peer_joined.is_some()
             || m.peer_left.is_some()
             || m.reason.is_some()
-            || m.server_closing;
+            || m.server_closing
+            || m.caps.is_some()
+            || m.group_key.is_some()
+            || m.group_addr.is_some()
+            || m.group_signer.is_some();
         // Checked before the SEQ is recorded, so a token reflected back to
         // the end that sealed it is neither accepted nor burns a SEQ.
         if from_server != (dir == Direction::ToClient) {

@@ -141,7 +141,11 @@ pub fn inner(data: &[u8]) {
     if let Ok(m) = got {
         assert!(tlv::validate(data).is_ok(), "accepted a malformed stream");
         let mut p = Vec::new();
-        wire::put_seq(&mut p, m.seq);
+        if m.gseq {
+            inner::put_gseq(&mut p, m.seq);
+        } else {
+            wire::put_seq(&mut p, m.seq);
+        }
         let fields = [
             (inner::BODY, m.body),
             (inner::SENDER_ID, m.sender_id),
@@ -160,6 +164,24 @@ pub fn inner(data: &[u8]) {
         if m.server_closing {
             tlv::put(&mut p, inner::SERVER_CLOSING, &[]);
         }
+        if let Some(c) = m.caps {
+            tlv::put(&mut p, inner::CAPS, &c.to_be_bytes());
+        }
+        if let Some((epoch, key)) = m.group_key {
+            inner::put_group_key(&mut p, epoch, key);
+        }
+        if let Some(a) = m.group_addr {
+            inner::put_group_addr(&mut p, a);
+        }
+        if let Some(k) = m.group_signer {
+            tlv::put(&mut p, inner::GROUP_SIGNER, k);
+        }
+        if let Some(e) = m.key_request {
+            tlv::put(&mut p, inner::KEY_REQUEST, &e.to_be_bytes());
+        }
+        if m.probe {
+            tlv::put(&mut p, inner::PROBE, &[]);
+        }
         assert_eq!(
             Inner::parse(&p),
             Ok(m),
@@ -171,36 +193,51 @@ pub fn inner(data: &[u8]) {
 fn inner_model(data: &[u8]) -> Result<Inner<'_>, InnerError> {
     let mut out = Inner::default();
     let mut seen = HashSet::new();
-    let mut have_seq = false;
     for t in Reader::new(data) {
         let Ok(t) = t else {
             return Err(InnerError::Malformed);
         };
-        if !(inner::SEQ..=inner::SERVER_CLOSING).contains(&t.kind) {
+        if !(inner::SEQ..=inner::PROBE).contains(&t.kind) {
             continue; // unknown inner types are skipped
         }
         if !seen.insert(t.kind) {
             return Err(InnerError::Duplicate);
         }
+        let v = t.value;
+        let u32_of = |v: &[u8]| -> Result<u32, InnerError> {
+            Ok(u32::from_be_bytes(
+                v.try_into().map_err(|_| InnerError::BadField)?,
+            ))
+        };
         match t.kind {
-            inner::SEQ if t.value.len() == 8 => {
+            inner::SEQ | inner::GSEQ if v.len() == 8 => {
                 let mut b = [0; 8];
-                b.copy_from_slice(t.value);
+                b.copy_from_slice(v);
                 out.seq = u64::from_be_bytes(b);
-                have_seq = true;
+                out.gseq = t.kind == inner::GSEQ;
             }
-            inner::SEQ => return Err(InnerError::BadField),
-            inner::BODY => out.body = Some(t.value),
-            inner::SENDER_ID => out.sender_id = Some(t.value),
-            inner::CLIENT_ID => out.client_id = Some(t.value),
-            inner::PEER_JOINED => out.peer_joined = Some(t.value),
-            inner::PEER_LEFT => out.peer_left = Some(t.value),
-            inner::REASON if t.value.len() == 1 => out.reason = Some(t.value[0]),
+            inner::SEQ | inner::GSEQ => return Err(InnerError::BadField),
+            inner::BODY => out.body = Some(v),
+            inner::SENDER_ID => out.sender_id = Some(v),
+            inner::CLIENT_ID => out.client_id = Some(v),
+            inner::PEER_JOINED => out.peer_joined = Some(v),
+            inner::PEER_LEFT => out.peer_left = Some(v),
+            inner::REASON if v.len() == 1 => out.reason = Some(v[0]),
             inner::REASON => return Err(InnerError::BadField),
-            _ => out.server_closing = true,
+            inner::SERVER_CLOSING => out.server_closing = true,
+            inner::CAPS => out.caps = Some(u32_of(v)?),
+            inner::GROUP_KEY if v.len() == inner::GROUP_KEY_LEN => {
+                out.group_key = Some((u32_of(&v[..4])?, &v[4..]));
+            }
+            inner::GROUP_KEY => return Err(InnerError::BadField),
+            inner::GROUP_ADDR => out.group_addr = Some(inner::parse_group_addr(v)?),
+            inner::GROUP_SIGNER if v.len() == inner::SIGNER_LEN => out.group_signer = Some(v),
+            inner::GROUP_SIGNER => return Err(InnerError::BadField),
+            inner::KEY_REQUEST => out.key_request = Some(u32_of(v)?),
+            _ => out.probe = true,
         }
     }
-    if have_seq {
+    if seen.contains(&inner::SEQ) != seen.contains(&inner::GSEQ) {
         Ok(out)
     } else {
         Err(InnerError::BadField)
@@ -786,6 +823,7 @@ pub fn core_report(data: &[u8]) -> CoreReport {
                         access_token: token,
                         pin: None,
                         max_datagram: client_max_datagram,
+                        ..ClientOptions::default()
                     },
                     now,
                     UNIX_START,
@@ -1512,6 +1550,10 @@ impl Sim {
             }
             ClientEvent::ServerKey { .. } | ClientEvent::PeerLeft { .. } => {}
             ClientEvent::Rejected(_) => {}
+            // The simulated relay speaks v1: no group mode.
+            ClientEvent::Downlink(_) | ClientEvent::DownlinkSilent(_) => {
+                panic!("group mode from a v1 relay")
+            }
         }
     }
 

@@ -10,6 +10,8 @@
 //! both ends use.
 
 pub mod fragment;
+pub mod group;
+pub mod handshake;
 pub mod inner;
 pub mod outer;
 pub mod tlv;

@@ -12,6 +12,7 @@
 //! Nothing here allocates, and the work is linear in the datagram's size.
 
 use super::fragment::{parse_fragment, FragmentHeader};
+use super::group::GroupData;
 use super::tlv::{Malformed, Reader};
 use super::COOKIE_LEN;
 
@@ -37,6 +38,12 @@ pub const BYE: u16 = 0x0008;
 pub const REJECT: u16 = 0x0009;
 /// both: address-validation cookie.
 pub const COOKIE: u16 = 0x000A;
+/// v2 c→s: RSA-OAEP ciphertext of a bound handshake (`wire::handshake`).
+pub const SESSION_KEY2: u16 = 0x000B;
+/// v2 s→group: one signed group token for every member (`wire::group`).
+pub const GROUP_DATA: u16 = 0x000C;
+/// v2 s→c: the protocol versions the server speaks, one byte each.
+pub const VERSIONS: u16 = 0x000D;
 
 /// Session items (tokens and fragments) one datagram may carry. A client
 /// sends one per datagram; the bound keeps a datagram of thousands of empty
@@ -75,6 +82,8 @@ pub enum Item<'a> {
     Token(TokenKind, &'a [u8]),
     /// One fragment of a larger datagram (header checked, chunk non-empty).
     Fragment(FragmentHeader<'a>),
+    /// A v2 GROUP_DATA (header checked; signature not yet verified).
+    Group(GroupData<'a>),
 }
 
 /// A handshake request or answer: the first of its type in the datagram,
@@ -96,6 +105,8 @@ pub enum WireError {
     BadFragment,
     /// A REJECT whose value is not one reason byte.
     BadReject,
+    /// A GROUP_DATA value shorter than its header, or with no token.
+    BadGroupData,
 }
 
 impl From<Malformed> for WireError {
@@ -112,8 +123,12 @@ pub struct Datagram<'a> {
     pub hello: Option<Option<u8>>,
     /// The first SESSION_KEY and the datagram's COOKIE.
     pub session_key: Option<Keyed<'a>>,
+    /// The first SESSION_KEY2 (v2 bound handshake) and the datagram's COOKIE.
+    pub session_key2: Option<Keyed<'a>>,
     /// The first SERVER_KEY and the datagram's COOKIE.
     pub server_key: Option<Keyed<'a>>,
+    /// The first VERSIONS value (v2 servers send it with SERVER_KEY).
+    pub versions: Option<&'a [u8]>,
     /// The reason byte of the first REJECT.
     pub reject: Option<u8>,
     /// Handshake-type TLVs after the first of their type (ignored).
@@ -136,7 +151,9 @@ impl<'a> Datagram<'a> {
         let mut d = Datagram {
             hello: None,
             session_key: None,
+            session_key2: None,
             server_key: None,
+            versions: None,
             reject: None,
             repeated: 0,
             unknown: 0,
@@ -160,6 +177,15 @@ impl<'a> Datagram<'a> {
                     },
                     &mut d.repeated,
                 ),
+                SESSION_KEY2 => first(
+                    &mut d.session_key2,
+                    Keyed {
+                        value: v,
+                        cookie: None,
+                    },
+                    &mut d.repeated,
+                ),
+                VERSIONS => first(&mut d.versions, v, &mut d.repeated),
                 SERVER_KEY => first(
                     &mut d.server_key,
                     Keyed {
@@ -180,10 +206,14 @@ impl<'a> Datagram<'a> {
                     let f = parse_fragment(v).ok_or(WireError::BadFragment)?;
                     d.push(Item::Fragment(f));
                 }
+                GROUP_DATA => {
+                    let g = GroupData::parse(v).ok_or(WireError::BadGroupData)?;
+                    d.push(Item::Group(g));
+                }
                 _ => d.unknown += 1,
             }
         }
-        for k in [&mut d.session_key, &mut d.server_key]
+        for k in [&mut d.session_key, &mut d.session_key2, &mut d.server_key]
             .into_iter()
             .flatten()
         {
