@@ -3,7 +3,9 @@
 //!
 //! The layers, from the bytes up:
 //! - [`wire`]: bytes to values and back; no state, no clock, no crypto.
-//! - `session`: the pairwise Fernet session, its replay window, the RSA key.
+//! - `session`: the pairwise Fernet session, its replay window, the RSA key,
+//!   and the Fernet token format itself ([`fernet`]: no timestamp checks,
+//!   IV and time from the caller).
 //! - `relay`: the server's sans-IO core, [`Relay`]. It takes the caller's
 //!   time, randomness and datagrams and returns datagrams to send; it owns
 //!   no socket and reads no clock, so tests and fuzzers drive it
@@ -40,8 +42,9 @@ pub use net::server::{Server, Signals};
 pub use net::socket::{open_udp, Listen, UdpSockets, DEFAULT_GROUP_V4, DEFAULT_GROUP_V6};
 pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};
 pub use relay::config::Config;
+pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
-pub use relay::{ClientInfo, Event, Relay, Transmits};
+pub use relay::{ClientId, ClientInfo, Event, Relay, Transmits};
 pub use session::fernet;
 pub use session::key::{fingerprint, hex, ServerKey};
 

@@ -30,6 +30,17 @@ impl Params {
 
     /// Refills `credit` for the time since `last`, then takes one token if available.
     fn refill_and_take(&self, credit: &mut u64, last: &mut Instant, now: Instant) -> bool {
+        self.refill_and_take_leaving(credit, last, now, 0)
+    }
+
+    /// Like [`Params::refill_and_take`], but takes the token only if `reserve` whole tokens remain after it.
+    fn refill_and_take_leaving(
+        &self,
+        credit: &mut u64,
+        last: &mut Instant,
+        now: Instant,
+        reserve: u32,
+    ) -> bool {
         // A clock that steps backwards yields zero elapsed time and leaves `last` where it was, so it can
         // neither mint credit nor postpone the next refill.
         if now > *last {
@@ -39,7 +50,8 @@ impl Params {
             *credit = credit.saturating_add(gained).min(self.capacity);
             *last = now;
         }
-        if *credit >= UNIT {
+        let need = u64::from(reserve).saturating_add(1).saturating_mul(UNIT);
+        if *credit >= need {
             *credit -= UNIT;
             true
         } else {
@@ -78,6 +90,14 @@ impl TokenBucket {
         self.params
             .refill_and_take(&mut self.credit, &mut self.last, now)
     }
+
+    /// Takes one token only if `reserve` whole tokens remain afterwards, so that part of the budget stays for
+    /// callers who pass a smaller reserve (a `reserve` of 0 is [`TokenBucket::try_take`]).
+    #[must_use]
+    pub fn try_take_leaving(&mut self, now: Instant, reserve: u32) -> bool {
+        self.params
+            .refill_and_take_leaving(&mut self.credit, &mut self.last, now, reserve)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -115,12 +135,23 @@ impl KeyedLimiter {
         }
     }
 
+    /// The slot `key` hashes to.
+    fn slot<K: Hash>(&self, key: &K) -> usize {
+        let n = self.slots.len() as u64;
+        // The remainder is below the slot count, so it always fits back into usize.
+        usize::try_from(self.hasher.hash_one(key) % n).unwrap_or(0)
+    }
+
+    /// True when `a` and `b` share a bucket (tests pick sources that do not).
+    #[cfg(test)]
+    pub fn collide<K: Hash>(&self, a: &K, b: &K) -> bool {
+        self.slot(a) == self.slot(b)
+    }
+
     /// Takes one token from the bucket `key` hashes to and reports whether that source may proceed.
     #[must_use]
     pub fn try_take<K: Hash>(&mut self, now: Instant, key: &K) -> bool {
-        let n = self.slots.len() as u64;
-        // The remainder is below the slot count, so it always fits back into usize.
-        let idx = usize::try_from(self.hasher.hash_one(key) % n).unwrap_or(0);
+        let idx = self.slot(key);
         let params = self.params;
         let Some(slot) = self.slots.get_mut(idx) else {
             return false;
@@ -216,6 +247,27 @@ mod tests {
     }
 
     #[test]
+    fn a_reserve_keeps_tokens_for_others() {
+        let base = Instant::now();
+        let mut b = TokenBucket::new(10, 5, base);
+        // Keeping 2 back: 3 of the 5 may be taken.
+        assert_eq!((0..5).filter(|_| b.try_take_leaving(base, 2)).count(), 3);
+        // The reserve is still there for a caller who keeps nothing back.
+        assert!(b.try_take(base));
+        assert!(b.try_take(base));
+        assert!(!b.try_take(base));
+        // Refill: 400 ms is 4 tokens; with 2 kept back, 2 are taken.
+        assert_eq!(
+            (0..5)
+                .filter(|_| b.try_take_leaving(ms(base, 400), 2))
+                .count(),
+            2
+        );
+        // A reserve beyond the burst refuses everything but does not overflow.
+        assert!(!b.try_take_leaving(ms(base, 10_000), u32::MAX));
+    }
+
+    #[test]
     fn keyed_burst_refusal_and_refill() {
         let base = Instant::now();
         let mut l = KeyedLimiter::new(64, 2, 3);
@@ -247,10 +299,9 @@ mod tests {
         let a = SocketAddr::from(([203, 0, 113, 1], 5000));
         // Pick a second key that does not collide with `a` under this run's random hash key; with 4096 slots the
         // first candidate almost always works.
-        let idx = |l: &KeyedLimiter, k: &SocketAddr| l.hasher.hash_one(k) % l.slots.len() as u64;
         let b = (1..=u16::MAX)
             .map(|p| SocketAddr::from(([203, 0, 113, 2], p)))
-            .find(|b| idx(&l, b) != idx(&l, &a))
+            .find(|b| !l.collide(b, &a))
             .unwrap();
         assert!(l.try_take(base, &a));
         assert!(l.try_take(base, &a));

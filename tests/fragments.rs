@@ -185,10 +185,10 @@ fn spoofed_msg_id_burst_cannot_block_a_members_message() {
     // Every msg_id beyond the first 8 (the bogus ones and the genuine
     // one) evicted the oldest partial, never the genuine message, which
     // completed; nothing was refused.
-    let evicted = grew(&before, &after, "reassembly_drops_evicted");
+    let evicted = grew(&before, &after, "drop_reassembly_evicted");
     assert_eq!(evicted, u64::from(burst + 1 + interleaved - SLOTS));
     assert_eq!(
-        grew(&before, &after, "reassembly_drops_too_many_partials"),
+        grew(&before, &after, "drop_reassembly_too_many_partials"),
         0
     );
     assert_eq!(s.server.child.try_wait().unwrap(), None);
@@ -223,8 +223,8 @@ fn spoofed_partials_filling_a_members_byte_budget_cannot_block_its_message() {
     let after = s.stats();
     // The first genuine fragment evicted the oldest 37,000-byte partial,
     // which left room for the rest of the message.
-    assert_eq!(grew(&before, &after, "reassembly_drops_evicted"), 1);
-    assert_eq!(grew(&before, &after, "reassembly_drops_owner_bytes"), 0);
+    assert_eq!(grew(&before, &after, "drop_reassembly_evicted"), 1);
+    assert_eq!(grew(&before, &after, "drop_reassembly_owner_bytes"), 0);
     assert_eq!(grew(&before, &after, "reassembled"), 1);
     assert_eq!(s.server.child.try_wait().unwrap(), None);
 }

@@ -189,7 +189,7 @@ fn replayed_data_is_relayed_once() {
         v
     });
     assert_eq!(got.iter().filter(|(_, m)| m == b"marker").count(), 1);
-    server_debug_contains(&server, "Replay");
+    server_debug_contains(&server, "token_replay");
 }
 
 #[test]

@@ -48,9 +48,12 @@ SECURITY:
 CLIENTS:
     --client-timeout SECS        forget a client after this much silence [default: 60]
     --max-clients N              registered clients at most [default: 1024]
+    --max-clients-per-ip N       registered clients per IPv4 address or IPv6 /64
+                                 (0: no limit) [default: 64]
     --handshake-rate N           handshakes per second per source address [default: 5]
     --handshake-burst N          burst of handshakes per source address [default: 10]
-    --rsa-rate N                 RSA decryptions per second, all sources [default: 200]
+    --rsa-rate N                 RSA decryptions per second, all sources; one IP may
+                                 use a quarter of them [default: 200]
 
 REASSEMBLY (fragments of large messages):
     --reassembly-partials N      partial messages per client [default: 8]
@@ -125,6 +128,9 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     const MANY: u32 = 1_000_000;
     config.max_clients =
         ranged(&mut args, "--max-clients", 1..=MANY as usize)?.unwrap_or(config.max_clients);
+    // 0 = no per-host cap.
+    config.max_clients_per_ip = ranged(&mut args, "--max-clients-per-ip", 0..=MANY as usize)?
+        .unwrap_or(config.max_clients_per_ip);
     config.handshake_rate =
         ranged(&mut args, "--handshake-rate", 1..=MANY)?.unwrap_or(config.handshake_rate);
     config.handshake_burst =

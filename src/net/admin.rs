@@ -590,7 +590,7 @@ impl Admin {
                 s.reply("OK");
             }
             ("kick", id) if !id.is_empty() => {
-                if relay.kick(id, out) {
+                if id.parse().is_ok_and(|id| relay.kick(&id, out)) {
                     info!("admin {}: kicked {id}", s.peer);
                     s.reply("OK");
                 } else {

@@ -14,6 +14,9 @@ pub struct Config {
     pub max_datagram: usize,
     /// Registered clients at most; more get REJECT 3.
     pub max_clients: usize,
+    /// Registered clients per host (IPv4 address or IPv6 /64) at most; more
+    /// get REJECT 3. 0: no limit.
+    pub max_clients_per_ip: usize,
     /// Bounds on fragment reassembly.
     pub reassembly: ReassemblyLimits,
     /// Token every SESSION_KEY must carry, if set.
@@ -22,7 +25,9 @@ pub struct Config {
     pub handshake_rate: u32,
     /// Burst of handshakes per source address.
     pub handshake_burst: u32,
-    /// RSA decryptions per second for all sources together.
+    /// RSA decryptions per second for all sources together; one host may
+    /// use a quarter of them, and the last quarter is kept for clients that
+    /// re-key (see `relay::admission`).
     pub rsa_rate: u32,
     /// REJECTs per second per source address.
     pub reject_rate: u32,
@@ -36,6 +41,7 @@ impl Default for Config {
             client_timeout: Duration::from_secs(60),
             max_datagram: 1200,
             max_clients: 1024,
+            max_clients_per_ip: 64,
             reassembly: ReassemblyLimits::default(),
             access_token: None,
             handshake_rate: 5,

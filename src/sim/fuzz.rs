@@ -946,7 +946,9 @@ impl Sim {
                     .parse::<SocketAddr>()
                     .is_ok_and(|a| self.registered.contains(&a.to_string()));
                 self.out.clear();
-                let kicked = self.relay.kick(&id, &mut self.out);
+                let kicked = id
+                    .parse()
+                    .is_ok_and(|id| self.relay.kick(&id, &mut self.out));
                 assert_eq!(kicked, expected, "kick({id:?}) result");
                 self.after_relay(None, 0, false);
             }
@@ -1145,7 +1147,7 @@ impl Sim {
             .relay
             .clients(self.now)
             .into_iter()
-            .find(|c| &c.id == id)
+            .find(|c| c.id.to_string() == *id)
             .map_or(usize::MAX, |c| c.partials);
         partials == 0
             && limits.max_partials_per_owner > 0
@@ -1369,6 +1371,7 @@ impl Sim {
             }
             match e {
                 Event::Joined { id, rekeyed } => {
+                    let id = id.to_string();
                     let i = self.clients.iter().position(|c| c.id == id);
                     assert!(i.is_some(), "a non-client address {id} registered");
                     assert_eq!(
@@ -1384,6 +1387,7 @@ impl Sim {
                     }
                 }
                 Event::Left { id, reason } => {
+                    let id = id.to_string();
                     assert!(
                         self.registered.remove(&id),
                         "{id} left ({reason:?}) unregistered"
@@ -1520,7 +1524,7 @@ impl Sim {
         assert_eq!(self.relay.client_count(), self.registered.len());
         for c in self.relay.clients(self.now) {
             assert!(c.partials <= limits.max_partials_per_owner);
-            assert!(self.registered.contains(&c.id));
+            assert!(self.registered.contains(&c.id.to_string()));
         }
         assert!(self.relay.poll_timeout().is_some());
     }

@@ -91,8 +91,11 @@ impl LeaveReason {
     }
 }
 
-/// Builds a REJECT datagram (5 bytes).
-pub fn reject_datagram(reason: RejectReason) -> [u8; 5] {
+/// Length of a REJECT datagram: one TLV with a one-byte reason.
+pub const REJECT_LEN: usize = tlv::HEADER_LEN + 1;
+
+/// Builds a REJECT datagram.
+pub fn reject_datagram(reason: RejectReason) -> [u8; REJECT_LEN] {
     let [t0, t1] = outer::REJECT.to_be_bytes();
     [t0, t1, 0, 1, reason as u8]
 }

@@ -464,6 +464,10 @@ class Client:
         if fernet is None:
             return None
         try:
+            # No ttl, on purpose: without one, cryptography (>= 1.2) checks
+            # neither the token's age nor how far ahead of our clock it is
+            # stamped. Clocks on routers and boards are often wrong; the SEQ
+            # window is what refuses replays (protocol v2 section 7).
             return protocol.parse_inner(fernet.decrypt(token))
         except (InvalidToken, Malformed, ValueError, TypeError):
             return None

@@ -32,6 +32,12 @@ pub fn generous_args(clients: usize) -> Vec<String> {
     .collect();
     a.push("--max-clients".into());
     a.push((clients + 64).to_string());
+    // Every bench client comes from one address. Only when the default
+    // per-IP cap is too small, so that relays older than the flag still run.
+    if clients > mcrelay::Config::default().max_clients_per_ip {
+        a.push("--max-clients-per-ip".into());
+        a.push("0".into());
+    }
     a
 }
 

@@ -1,0 +1,201 @@
+//! The client table: registered clients by slot and by address, their
+//! [`ClientId`], and the snapshot the admin channel shows.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{AddrParseError, IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::relay::admission::host_of;
+use crate::session::Session;
+
+/// Who a client is, as the relay and its peers name it: its source address
+/// as the relay sees it. Written `ip:port` (`[v6addr]:port` for IPv6), the
+/// text that CLIENT_ID, SENDER_ID and the peer notices carry and `kick`
+/// takes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId {
+    addr: SocketAddr,
+}
+
+impl ClientId {
+    /// The id of the client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        ClientId { addr }
+    }
+
+    /// The client's source address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+impl FromStr for ClientId {
+    type Err = AddrParseError;
+
+    /// Parses the text [`ClientId`]'s `Display` writes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(ClientId::new)
+    }
+}
+
+/// A registered client.
+pub(super) struct Client {
+    pub(super) id: ClientId,
+    /// `id` as text, as sealed into CLIENT_ID, SENDER_ID and notices.
+    pub(super) id_text: String,
+    pub(super) session: Session,
+    /// Digest of the SESSION_KEY ciphertext that registered `session`.
+    pub(super) session_key: u64,
+    /// The WELCOME datagram of `session`, to send again if it was lost.
+    pub(super) welcome: Box<[u8]>,
+    /// When WELCOME was last sent.
+    pub(super) welcome_sent: Instant,
+    /// Distinguishes registrations that reuse a slab slot, so stale timers
+    /// and fragment buffers never touch a newer client.
+    pub(super) generation: u64,
+    pub(super) last_seen: Instant,
+    pub(super) msgs_in: u64,
+    pub(super) bytes_in: u64,
+    pub(super) msgs_out: u64,
+    pub(super) bytes_out: u64,
+}
+
+/// A client as the admin channel shows it.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    /// Who it is.
+    pub id: ClientId,
+    /// Time since its last authenticated datagram.
+    pub idle: Duration,
+    /// Tokens received from it.
+    pub msgs_in: u64,
+    /// Bytes received from it.
+    pub bytes_in: u64,
+    /// Tokens sent to it.
+    pub msgs_out: u64,
+    /// Bytes sent to it.
+    pub bytes_out: u64,
+    /// Partial fragmented messages held for it.
+    pub partials: usize,
+}
+
+/// Registered clients in a slab (stable slots for timers), indexed by
+/// address, with a session count per host for the per-IP cap.
+pub(super) struct ClientTable {
+    slab: Slab<Client>,
+    by_addr: HashMap<SocketAddr, usize>,
+    /// Sessions per host ([`host_of`]); hosts with none have no entry, so
+    /// this never outgrows the table.
+    per_host: HashMap<IpAddr, usize>,
+    next_generation: u64,
+}
+
+impl ClientTable {
+    pub(super) fn new() -> Self {
+        ClientTable {
+            slab: Slab::new(),
+            by_addr: HashMap::new(),
+            per_host: HashMap::new(),
+            next_generation: 1,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Sessions held by the host `addr` belongs to.
+    pub(super) fn at_host(&self, addr: &SocketAddr) -> usize {
+        self.per_host.get(&host_of(addr)).copied().unwrap_or(0)
+    }
+
+    /// The slot of the client registered at `addr`.
+    pub(super) fn lookup(&self, addr: &SocketAddr) -> Option<usize> {
+        self.by_addr.get(addr).copied()
+    }
+
+    pub(super) fn get(&self, slot: usize) -> Option<&Client> {
+        self.slab.get(slot)
+    }
+
+    pub(super) fn get_mut(&mut self, slot: usize) -> Option<&mut Client> {
+        self.slab.get_mut(slot)
+    }
+
+    /// A generation no registration has used yet.
+    pub(super) fn next_generation(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// Registers a client at a new address; returns its slot.
+    pub(super) fn insert(&mut self, client: Client) -> usize {
+        let addr = client.id.addr();
+        let slot = self.slab.insert(client);
+        self.by_addr.insert(addr, slot);
+        *self.per_host.entry(host_of(&addr)).or_default() += 1;
+        slot
+    }
+
+    /// Forgets the client in `slot`, if any.
+    pub(super) fn remove(&mut self, slot: usize) -> Option<Client> {
+        let c = self.slab.try_remove(slot)?;
+        let addr = c.id.addr();
+        self.by_addr.remove(&addr);
+        let host = host_of(&addr);
+        if let Some(n) = self.per_host.get_mut(&host) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_host.remove(&host);
+            }
+        }
+        Some(c)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (usize, &Client)> {
+        self.slab.iter()
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Client)> {
+        self.slab.iter_mut()
+    }
+
+    /// Forgets every client, handing each to `f`.
+    pub(super) fn clear(&mut self, mut f: impl FnMut(Client)) {
+        self.by_addr.clear();
+        self.per_host.clear();
+        for c in self.slab.drain() {
+            f(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_text_round_trips() {
+        for text in ["10.0.0.5:40000", "[2001:db8::5]:40000"] {
+            let id: ClientId = text.parse().unwrap();
+            assert_eq!(id.to_string(), text);
+            assert_eq!(id.addr(), text.parse::<SocketAddr>().unwrap());
+        }
+        assert!("nonsense".parse::<ClientId>().is_err());
+        assert!(
+            "10.0.0.5".parse::<ClientId>().is_err(),
+            "a port is part of the id"
+        );
+    }
+}

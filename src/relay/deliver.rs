@@ -1,0 +1,159 @@
+//! What members send once registered: tokens (DATA relayed to every other
+//! member, KEEPALIVE, BYE), fragments reassembled into payloads, and the
+//! fan-out that seals one plaintext tail for each receiver. Leaving (BYE,
+//! timeout, kick) lives here too, since it is announced by fan-out.
+
+use std::time::Instant;
+
+use log::info;
+
+use rand::RngExt;
+
+use crate::reassembly::Outcome;
+use crate::relay::dispatch::Turn;
+use crate::relay::drop::Drop;
+use crate::relay::{Event, Relay, Transmits};
+use crate::session::Direction;
+use crate::wire::fragment::FragmentHeader;
+use crate::wire::outer::TokenKind;
+use crate::wire::{inner, outer, tlv, Inner, LeaveReason};
+
+impl Relay {
+    /// Opens a token from the member in `slot` and acts on it.
+    pub(super) fn handle_token(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        kind: TokenKind,
+        token: &[u8],
+        out: &mut Transmits,
+    ) -> Result<(), Drop> {
+        let Some(c) = self.clients.get_mut(slot) else {
+            return Err(Drop::Stranger);
+        };
+        let plain = c.session.open(token, Direction::ToServer)?;
+        c.last_seen = now;
+        c.msgs_in += 1;
+        c.bytes_in += token.len() as u64;
+        match kind {
+            TokenKind::Data => {
+                let body = Inner::parse(&plain)?.body.ok_or(Drop::NoBody)?;
+                self.tail.clear();
+                tlv::put(&mut self.tail, inner::SENDER_ID, c.id_text.as_bytes());
+                if body.len() + self.tail.len() + tlv::HEADER_LEN > tlv::MAX_VALUE_LEN {
+                    return Err(Drop::Oversize);
+                }
+                tlv::put(&mut self.tail, inner::BODY, body);
+                self.stats.messages_relayed += 1;
+                let n = self.fan_out(Some(slot), outer::DATA, out)?;
+                self.stats.deliveries += n as u64;
+            }
+            TokenKind::Bye => self.remove(slot, LeaveReason::Bye, out),
+            // KEEPALIVE: last_seen is all it does. WELCOME never gets here.
+            TokenKind::Keepalive | TokenKind::Welcome => {}
+        }
+        Ok(())
+    }
+
+    /// Buffers a fragment from the member in `slot`; a completed payload is
+    /// handled as part of the same turn.
+    pub(super) fn handle_fragment(
+        &mut self,
+        now: Instant,
+        turn: &mut Turn,
+        slot: usize,
+        frag: &FragmentHeader<'_>,
+        out: &mut Transmits,
+    ) -> Result<(), Drop> {
+        let owner = self
+            .clients
+            .get(slot)
+            .map(|c| c.generation)
+            .ok_or(Drop::Stranger)?;
+        self.stats.fragments_in += 1;
+        let outcome = self.reassembler.insert(now, owner, frag);
+        // Evictions made room for this fragment: partials of this or another
+        // client were dropped, and no datagram of theirs is to be answered.
+        for (r, n) in self.reassembler.take_evictions() {
+            self.dropped(None, r.into(), n as usize, out);
+        }
+        match outcome {
+            Outcome::Incomplete => self.schedule_gc(),
+            Outcome::Dropped(r) => return Err(r.into()),
+            Outcome::Complete(payload) => {
+                self.stats.reassembled += 1;
+                self.handle_payload(now, turn, &payload, true, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals `self.tail` (after a fresh SEQ) for every client but `skip`
+    /// and queues it as an outer `kind`. Returns how many were queued.
+    ///
+    /// # Errors
+    /// [`Drop::Oversize`] when the sealed tail is too long to frame: every
+    /// copy has the same length, so none is sent.
+    pub(super) fn fan_out(
+        &mut self,
+        skip: Option<usize>,
+        kind: u16,
+        out: &mut Transmits,
+    ) -> Result<usize, Drop> {
+        let mut n = 0;
+        let Relay {
+            clients,
+            emitter,
+            tail,
+            stats,
+            rng,
+            unix,
+            ..
+        } = self;
+        for (slot, c) in clients.iter_mut() {
+            if Some(slot) == skip {
+                continue;
+            }
+            let token = c
+                .session
+                .seal(unix.unix_secs(), rng.random(), &mut emitter.plain, |p| {
+                    p.extend_from_slice(tail)
+                });
+            let bytes = emitter
+                .token(c.id.addr(), kind, &token, out, stats)
+                .map_err(|_| Drop::Oversize)?;
+            c.msgs_out += 1;
+            c.bytes_out += bytes as u64;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Sends the notice in `self.tail` to every client but `skip`. Notices
+    /// are short; one that cannot be framed is counted like any message.
+    pub(super) fn notify(&mut self, skip: Option<usize>, out: &mut Transmits) {
+        if let Err(why) = self.fan_out(skip, outer::DATA, out) {
+            self.dropped(None, why, 1, out);
+        }
+    }
+
+    /// Forgets the client in `slot` and tells the others why.
+    pub(super) fn remove(&mut self, slot: usize, reason: LeaveReason, out: &mut Transmits) {
+        let Some(c) = self.clients.remove(slot) else {
+            return;
+        };
+        self.reassembler.remove_owner(c.generation);
+        match reason {
+            LeaveReason::Bye => self.stats.clients_left += 1,
+            LeaveReason::Timeout => self.stats.clients_timed_out += 1,
+            LeaveReason::Kicked => self.stats.clients_kicked += 1,
+            LeaveReason::Shutdown => {}
+        }
+        info!("client {} left ({})", c.id, reason.name());
+        self.tail.clear();
+        tlv::put(&mut self.tail, inner::PEER_LEFT, c.id_text.as_bytes());
+        tlv::put_u8(&mut self.tail, inner::REASON, reason as u8);
+        self.notify(None, out);
+        self.events.push(Event::Left { id: c.id, reason });
+    }
+}
