@@ -78,7 +78,9 @@ impl Relay {
                 return self.dropped(Some(turn), Drop::AfterBye, rest, out);
             };
             let r = match item {
-                Item::Token(TokenKind::Welcome, _) => Err(Drop::ServerToClient),
+                // The server sends these; it never takes them (v2 §2: a
+                // server drops any GROUP_DATA it receives).
+                Item::Token(TokenKind::Welcome, _) | Item::Group(_) => Err(Drop::ServerToClient),
                 Item::Token(kind, token) => self.handle_token(now, slot, kind, token, out),
                 // A fragment inside a reassembled message would let one message recurse.
                 Item::Fragment(_) if reassembled => Err(Drop::NestedFragment),

@@ -109,13 +109,15 @@ drops! {
         BadFragment = "wire_bad_fragment";
         /// A REJECT whose value is not one byte.
         BadReject = "wire_bad_reject";
+        /// A GROUP_DATA value shorter than its header, or with no token.
+        BadGroupData = "wire_bad_group_data";
         /// A handshake TLV after the first of its type in one datagram.
         Repeated = "wire_repeated";
         /// A session item beyond the bound one datagram may carry.
         TooManyItems = "wire_too_many_items";
         /// An outer type this version does not know.
         UnknownType = "wire_unknown_type";
-        /// A type only the server sends (SERVER_KEY, WELCOME, REJECT).
+        /// A type only the server sends (SERVER_KEY, WELCOME, REJECT, GROUP_DATA).
         ServerToClient = "wire_server_to_client";
         /// A FRAGMENT inside a reassembled payload (no nesting).
         NestedFragment = "wire_nested_fragment";
@@ -195,6 +197,7 @@ impl From<WireError> for Drop {
             WireError::Framing => Drop::Framing,
             WireError::BadFragment => Drop::BadFragment,
             WireError::BadReject => Drop::BadReject,
+            WireError::BadGroupData => Drop::BadGroupData,
         }
     }
 }
