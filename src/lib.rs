@@ -41,6 +41,9 @@ pub use net::logring;
 pub use net::server::{Server, Signals};
 pub use net::socket::{open_udp, Listen, UdpSockets, DEFAULT_GROUP_V4, DEFAULT_GROUP_V6};
 pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};
+pub use relay::config::credentials::{
+    self, Credentials, CredentialsDiff, Entry as ClientEntry, Perms,
+};
 pub use relay::config::Config;
 pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
