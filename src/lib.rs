@@ -35,6 +35,7 @@ pub use client::udp::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE, MAX_BO
 pub use client::{ClientCore, ClientError, ClientEvent, ClientOptions};
 pub use net::admin::{Admin, AdminConfig};
 pub use net::batch::{send_all, send_each, BATCH};
+pub use net::clientsfile::{self, ClientsFileError};
 pub use net::iface::IfaceSpec;
 pub use net::keyfile::{load_or_create, KeyError};
 pub use net::logring;

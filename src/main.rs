@@ -17,6 +17,7 @@ COMMANDS:
     chat          interactive terminal client: lines typed are sent, messages printed
     send          send one message (argument or stdin); exit 0 if the server accepted it
     listen        print one line (or JSON object) per event until killed
+    client        add, remove or list the named clients of a clients file
     help          print this text; `mcrelay <COMMAND> --help` for a command's flags
 
 OPTIONS:
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Some("chat") => cmd::chat::run(args),
         Some("send") => cmd::send::run(args),
         Some("listen") => cmd::listen::run(args),
+        Some("client") => cmd::client::run(args),
         Some("help") | None if !args.contains(["-V", "--version"]) => {
             print!("{USAGE}");
             Ok(())

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod client;
 pub mod client_args;
 pub mod fingerprint;
 pub mod listen;
