@@ -216,3 +216,85 @@ fn malformed_or_writable_files_are_refused_with_the_line_named() {
     }
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// `mcrelay serve ARGS` must exit non-zero at start with one stderr line
+/// containing `want` (it is killed, and the test fails, if it runs on).
+fn serve_refused(args: &[&str], want: &str) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--port", "0", "--iface", "127.0.0.1", "--no-admin"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + common::DEADLINE;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve {args:?} did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(want), "{args:?}: {err}");
+}
+
+#[test]
+fn serve_checks_the_clients_file_at_start() {
+    let dir = tempdir("serve");
+    let file = dir.join("clients");
+    let alice = add(&file, "alice", None);
+    add(&file, "board", Some("sub"));
+    let server = common::Server::start(&["--no-admin", "--clients-file", s(&file)]);
+    assert!(
+        server
+            .find_log(&format!("clients file {}: 2 named clients", s(&file)))
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    drop(server);
+
+    let d = hex(&token_digest(b"t"));
+    let cases = [
+        (
+            format!("alice {d}\n# x\nbob {d}x\n"),
+            "line 3: the digest is not 64 hex digits",
+        ),
+        (
+            format!("alice {d}\nalice {}\n", hex(&token_digest(b"u"))),
+            "line 2: name 'alice' is on line 1 already",
+        ),
+        (format!("alice {d} root\n"), "line 1: permissions 'root'"),
+    ];
+    let bad = dir.join("bad");
+    for (text, want) in cases {
+        fs::write(&bad, text).unwrap();
+        fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
+        serve_refused(&["--clients-file", s(&bad)], want);
+        serve_refused(&["--clients-file", s(&bad)], s(&bad));
+    }
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o620)).unwrap();
+    serve_refused(
+        &["--clients-file", s(&file)],
+        "is writable by group or others (mode 620)",
+    );
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    serve_refused(&["--clients-file", s(&dir.join("missing"))], "No such file");
+    // The shared token may not also be a named client's.
+    let token = dir.join("token");
+    fs::write(&token, format!("{alice}\n")).unwrap();
+    serve_refused(
+        &["--clients-file", s(&file), "--token-file", s(&token)],
+        "the --token-file token is also alice's token",
+    );
+    fs::remove_dir_all(dir).unwrap();
+}

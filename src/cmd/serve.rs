@@ -5,11 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn, LevelFilter};
 use mcrelay::logring;
 use mcrelay::Config;
+use mcrelay::Credentials;
 use mcrelay::Relay;
 use mcrelay::ServerKey;
 use mcrelay::{open_udp, IfaceSpec, Listen, Server, Signals};
@@ -44,6 +46,10 @@ SECURITY:
     --key-file PATH              PKCS#8 PEM RSA-2048 key; created (mode 0600) if missing
                                  [default: a new key in memory only]
     --token-file PATH            access token every client must present [default: none]
+    --clients-file PATH          named clients: `NAME SHA256_HEX_OF_TOKEN [pub|sub|pubsub]`
+                                 per line (see `mcrelay client`); a client must present a
+                                 listed token, or the --token-file token when both are given
+                                 [default: none]
 
 CLIENTS:
     --client-timeout SECS        forget a client after this much silence [default: 60]
@@ -118,6 +124,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     }
     let key_file: Option<String> = opt(&mut args, "--key-file")?;
     let token_file: Option<String> = opt(&mut args, "--token-file")?;
+    let clients_file: Option<String> = opt(&mut args, "--clients-file")?;
     // Ranges: 0 (or a huge value) would switch a limit off or make it
     // meaningless; a typo must fail at start, not at 3 a.m.
     let secs = |v: Option<u64>, d: Duration| v.map(Duration::from_secs).unwrap_or(d);
@@ -166,6 +173,11 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     logring::init(level, log_ring);
     if let Some(path) = &token_file {
         config.access_token = Some(read_access_token(path)?);
+    }
+    if let Some(path) = &clients_file {
+        let table = load_clients(path, config.access_token.as_deref())?;
+        info!("clients file {path}: {} named clients", table.len());
+        config.credentials = Some(Arc::new(table));
     }
     let key = match &key_file {
         Some(path) => {
@@ -274,6 +286,19 @@ fn read_access_token(path: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(token)
+}
+
+/// The clients file, checked as at start-up (and on SIGHUP): a shared
+/// token that is also a named client's would make that client anonymous.
+fn load_clients(path: &str, shared: Option<&[u8]>) -> Result<Credentials, String> {
+    let table = mcrelay::clientsfile::load(Path::new(path)).map_err(|e| e.to_string())?;
+    if let Some(named) = shared.and_then(|t| table.lookup(t)) {
+        return Err(format!(
+            "clients file {path}: the --token-file token is also {}'s token; give {} its own",
+            named.name, named.name
+        ));
+    }
+    Ok(table)
 }
 
 /// The admin token file, checked as at start-up and on SIGHUP.
