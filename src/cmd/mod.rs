@@ -8,6 +8,7 @@ pub mod fingerprint;
 pub mod listen;
 pub mod send;
 pub mod serve;
+pub mod stats;
 
 use std::str::FromStr;
 

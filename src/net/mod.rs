@@ -8,5 +8,6 @@ pub mod clientsfile;
 pub mod iface;
 pub mod keyfile;
 pub mod logring;
+pub mod prometheus;
 pub mod server;
 pub mod socket;
