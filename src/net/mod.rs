@@ -1,10 +1,12 @@
 //! Everything that touches a socket or the file system: the one mio loop,
-//! socket setup, sendmmsg batching, admin sessions, the log ring, the key
-//! file and the clients file. The protocol decisions live in the sans-IO cores.
+//! socket setup, sendmmsg batching, admin sessions, the log ring, and the
+//! key, clients and config files. The protocol decisions live in the
+//! sans-IO cores.
 
 pub mod admin;
 pub mod batch;
 pub mod clientsfile;
+pub mod configfile;
 pub mod iface;
 pub mod keyfile;
 pub mod logring;
