@@ -43,20 +43,25 @@ pub use federation::link::{Action as LinkAction, Link, LinkState};
 pub use federation::members::{LinkEvent, LinkStats, RemoteRelay, REASON_UNREACHABLE};
 pub use net::admin::{Admin, AdminConfig};
 pub use net::batch::{send_all, send_each, BATCH};
+pub use net::clientsfile::{self, ClientsFileError};
+pub use net::configfile;
 pub use net::fedkey::{load_federation_key, new_federation_key};
 pub use net::iface::IfaceSpec;
-pub use net::keyfile::{load_or_create, KeyError};
+pub use net::keyfile::{load as load_key, load_or_create, KeyError};
 pub use net::logring;
 pub use net::nats::{load_auth as load_nats_auth, NatsSocket};
 pub use net::server::{Server, Signals};
 pub use net::socket::{open_udp, Listen, UdpSockets, DEFAULT_GROUP_V4, DEFAULT_GROUP_V6};
 pub use reassembly::{DropReason as ReassemblyDrop, ReassemblyLimits};
+pub use relay::config::credentials::{
+    self, Credentials, CredentialsDiff, Entry as ClientEntry, Perms,
+};
 pub use relay::config::Config;
 pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
 pub use relay::{ClientId, ClientInfo, Event, Relay, Transmits};
 pub use session::fernet;
-pub use session::key::{fingerprint, hex, ServerKey};
+pub use session::key::{fingerprint, hex, ServerKey, KEY_SIZES};
 
 /// The client library: a session with the relay on its own UDP socket.
 pub use client::udp::UdpClient as Client;

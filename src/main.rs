@@ -19,6 +19,8 @@ COMMANDS:
     chat          interactive terminal client: lines typed are sent, messages printed
     send          send one message (argument or stdin); exit 0 if the server accepted it
     listen        print one line (or JSON object) per event until killed
+    client        add, remove or list the named clients of a clients file
+    stats         print a running relay's counters once (plain or Prometheus)
     help          print this text; `mcrelay <COMMAND> --help` for a command's flags
 
 OPTIONS:
@@ -37,6 +39,8 @@ fn main() -> ExitCode {
         Some("chat") => cmd::chat::run(args),
         Some("send") => cmd::send::run(args),
         Some("listen") => cmd::listen::run(args),
+        Some("client") => cmd::client::run(args),
+        Some("stats") => cmd::stats::run(args),
         Some("help") | None if !args.contains(["-V", "--version"]) => {
             print!("{USAGE}");
             Ok(())

@@ -2,8 +2,9 @@
 # shellcheck disable=SC2034 # variables set here are read by the sourced init script
 # Checks files/mcrelay.init off the router: runs its start_service against
 # stand-ins for OpenWrt's UCI and procd shell functions, then
-#  1. every flag `mcrelay serve --help` lists must come out of a config that
-#     sets every option (so a new serve flag without a UCI option fails here);
+#  1. every flag `mcrelay serve --help` lists (bar --config and --print-config,
+#     which UCI replaces) must come out of a config that sets every option (so
+#     a new serve flag without a UCI option fails here);
 #  2. the relay must start with the command line a loopback config yields,
 #     as user mcrelay, with an admin token made on first start (and kept);
 #  3. without the mcrelay user no instance starts (never as root).
@@ -97,7 +98,9 @@ config mcrelay 'full'
 	option recv_buffer '262144'
 	option max_datagram '1200'
 	option key_file '/tmp/full.pem'
+	option rsa_bits '3072'
 	option token_file '/tmp/token'
+	option clients_file '/tmp/clients'
 	option client_timeout '60'
 	option max_clients '1024'
 	option max_clients_per_ip '64'
@@ -130,6 +133,8 @@ grep -q "network 'wan' has no IPv4 address" "$work/log" || { echo "FAIL: no log 
 cmd="$(cat "$work/commands")"
 missing=0
 for flag in $("$bin" serve --help | grep -o '^ *--[a-z-]*' | tr -d ' '); do
+	# UCI is this package's config file: the TOML one has no place here.
+	case "$flag" in --config|--print-config) continue ;; esac
 	case " $cmd" in
 	*" $flag "*) ;;
 	*) echo "FAIL: no UCI option yields $flag"; missing=1 ;;

@@ -80,6 +80,9 @@ struct Fake {
     /// First byte of every token the client sent (0x80 raw, `g` text).
     token_forms: Vec<u8>,
     bodies: Vec<Vec<u8>>,
+    /// False when several clients share this one-session relay: a token
+    /// under an earlier client's key is then ignored, not a failure.
+    strict: bool,
 }
 
 impl Fake {
@@ -101,6 +104,7 @@ impl Fake {
             probes: 0,
             token_forms: Vec::new(),
             bodies: Vec::new(),
+            strict: true,
         }
     }
 
@@ -151,7 +155,11 @@ impl Fake {
             };
             self.token_forms.push(token[0]);
             let s = self.session.as_mut().expect("a session");
-            let plain = s.open(token, Direction::ToServer).expect("authentic");
+            let plain = match s.open(token, Direction::ToServer) {
+                Ok(p) => p,
+                Err(_) if !self.strict => continue,
+                Err(e) => panic!("authentic: {e:?}"),
+            };
             let m = Inner::parse(&plain).unwrap();
             match kind {
                 TokenKind::Keepalive => {
@@ -851,6 +859,9 @@ fn udp_clients_of_one_host_share_a_downlink_over_loopback() {
     let downlink = private_downlink();
     let fake = Fake {
         downlink,
+        // One session at a time: the first client's probes may come under
+        // its key after the second client's handshake replaced it.
+        strict: false,
         ..Fake::new(11)
     };
     let stop = Arc::new(AtomicBool::new(false));

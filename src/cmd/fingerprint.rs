@@ -21,7 +21,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     if !path.exists() {
         return Err(format!("key file {} does not exist", path.display()));
     }
-    let (key, _) = mcrelay::load_or_create(path).map_err(|e| e.to_string())?;
+    let key = mcrelay::load_key(path).map_err(|e| e.to_string())?;
     println!("{}", key.fingerprint());
     Ok(())
 }

@@ -2,12 +2,14 @@
 
 pub mod bench;
 pub mod chat;
+pub mod client;
 pub mod client_args;
 pub mod federation_key;
 pub mod fingerprint;
 pub mod listen;
 pub mod send;
 pub mod serve;
+pub mod stats;
 
 use std::str::FromStr;
 

@@ -5,17 +5,20 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn, LevelFilter};
 use mcrelay::logring;
 use mcrelay::Config;
+use mcrelay::Credentials;
 use mcrelay::Relay;
-use mcrelay::ServerKey;
 use mcrelay::{open_udp, IfaceSpec, Listen, Server, Signals};
 use mcrelay::{Admin, AdminConfig};
+use mcrelay::{ServerKey, KEY_SIZES};
 
 use super::{finish, many, opt, read_token_file};
+use mcrelay::configfile::{self as config_file, toml_string, Arity, Flag, Values};
 
 const HELP: &str = "\
 mcrelay serve: run the relay
@@ -25,6 +28,13 @@ USAGE:
 
 With no options it relays on port 5007 over IPv4 and IPv6, joined to
 239.255.0.77 and ff02::77, with a fresh in-memory key.
+
+CONFIGURATION:
+    --config PATH                a TOML file whose keys are these flags' long names:
+                                 `client-timeout = 60`, `iface = [\"br-lan\", \"lan0.20\"]`,
+                                 `no-admin = true`; flags given here override its keys
+    --print-config               print the effective configuration (every key) as TOML
+                                 and exit
 
 NETWORK:
     --group ADDR                 multicast group to join, once per family; with a group of
@@ -41,9 +51,15 @@ NETWORK:
     --max-datagram BYTES         larger datagrams are sent as fragments [default: 1200]
 
 SECURITY:
-    --key-file PATH              PKCS#8 PEM RSA-2048 key; created (mode 0600) if missing
-                                 [default: a new key in memory only]
+    --key-file PATH              PKCS#8 PEM RSA key (2048, 3072 or 4096 bits); created
+                                 (mode 0600) if missing [default: a new key in memory only]
+    --rsa-bits BITS              size of a key generated here: 2048, 3072 or 4096 (a key
+                                 file that exists keeps its size) [default: 2048]
     --token-file PATH            access token every client must present [default: none]
+    --clients-file PATH          named clients: `NAME SHA256_HEX_OF_TOKEN [pub|sub|pubsub]`
+                                 per line (see `mcrelay client`); a client must present a
+                                 listed token, or the --token-file token when both are given
+                                 [default: none]
 
 CLIENTS:
     --client-timeout SECS        forget a client after this much silence [default: 60]
@@ -53,7 +69,8 @@ CLIENTS:
     --handshake-rate N           handshakes per second per source address [default: 5]
     --handshake-burst N          burst of handshakes per source address [default: 10]
     --rsa-rate N                 RSA decryptions per second, all sources; one IP may
-                                 use a quarter of them [default: 200]
+                                 use a quarter of them [default: by the key's size: 200
+                                 for 2048 bits, 60 for 3072, 25 for 4096]
 
 REASSEMBLY (fragments of large messages):
     --reassembly-partials N      partial messages per client [default: 8]
@@ -75,110 +92,383 @@ LOGGING:
     --log-ring N                 log records kept for admin sessions [default: 1024]
 ";
 
-/// Parses `serve` flags and runs the relay until a signal stops it.
+/// Every `serve` flag, in `--help` order: the config file's keys.
+pub const FLAGS: &[Flag] = &[
+    flag("group", Arity::List, false),
+    flag("port", Arity::Value, false),
+    flag("iface", Arity::List, false),
+    flag("recv-buffer", Arity::Value, false),
+    flag("max-datagram", Arity::Value, false),
+    unset("key-file", false, "not set: a new key in memory only"),
+    flag("rsa-bits", Arity::Value, false),
+    unset("token-file", true, "not set: no shared token"),
+    unset("clients-file", true, "not set: no named clients"),
+    flag("client-timeout", Arity::Value, true),
+    flag("max-clients", Arity::Value, true),
+    flag("max-clients-per-ip", Arity::Value, true),
+    flag("handshake-rate", Arity::Value, true),
+    flag("handshake-burst", Arity::Value, true),
+    unset(
+        "rsa-rate",
+        true,
+        "not set: by the key's size, 200 for 2048 bits, 60 for 3072, 25 for 4096",
+    ),
+    flag("reassembly-partials", Arity::Value, true),
+    flag("reassembly-client-bytes", Arity::Value, true),
+    flag("reassembly-total-bytes", Arity::Value, true),
+    flag("reassembly-message-bytes", Arity::Value, true),
+    flag("reassembly-age", Arity::Value, true),
+    flag("admin-bind", Arity::Value, false),
+    flag("admin-port", Arity::Value, false),
+    flag("no-admin", Arity::Switch, false),
+    flag("admin-max-sessions", Arity::Value, false),
+    unset("admin-token-file", true, "not set: no admin token"),
+    flag("admin-insecure", Arity::Switch, false),
+    flag("log-level", Arity::Value, true),
+    flag("log-ring", Arity::Value, false),
+];
+
+const fn flag(name: &'static str, arity: Arity, reload: bool) -> Flag {
+    Flag {
+        name,
+        arity,
+        reload,
+        unset: "",
+    }
+}
+
+const fn unset(name: &'static str, reload: bool, unset: &'static str) -> Flag {
+    Flag {
+        name,
+        arity: Arity::Value,
+        reload,
+        unset,
+    }
+}
+
+/// The RSA decryptions per second allowed by default for a key of `bits`:
+/// a decryption's cost grows with the cube of the size, and the budget
+/// keeps a handshake flood to under half a core.
+pub fn default_rsa_rate(bits: usize) -> u32 {
+    match bits {
+        0..=2048 => 200,
+        2049..=3072 => 60,
+        _ => 25,
+    }
+}
+
+/// Everything `serve` was told, by flags and config file together.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Port, groups, interfaces, receive buffer.
+    pub listen: Listen,
+    /// The relay core's tunables (its `rsa_rate` is settled once the key's
+    /// size is known, from `rsa_rate` below).
+    pub config: Config,
+    /// `--key-file`.
+    pub key_file: Option<String>,
+    /// `--rsa-bits`: the size of a key generated here.
+    pub rsa_bits: usize,
+    /// `--rsa-rate`, if given (else by the key's size).
+    pub rsa_rate: Option<u32>,
+    /// `--token-file`.
+    pub token_file: Option<String>,
+    /// `--clients-file`.
+    pub clients_file: Option<String>,
+    /// `--admin-bind`.
+    pub admin_bind: IpAddr,
+    /// `--admin-port`.
+    pub admin_port: u16,
+    /// `--no-admin`.
+    pub no_admin: bool,
+    /// `--admin-max-sessions`.
+    pub admin_max_sessions: usize,
+    /// `--admin-token-file`.
+    pub admin_token_file: Option<String>,
+    /// `--admin-insecure`.
+    pub admin_insecure: bool,
+    /// `--log-level`.
+    pub level: LevelFilter,
+    /// `--log-ring`.
+    pub log_ring: usize,
+}
+
+impl ServeOptions {
+    /// Takes every `serve` flag out of `args` (what is left is the
+    /// caller's to refuse). Checks each flag's own value; [`Self::check`]
+    /// does the checks that involve several.
+    ///
+    /// # Errors
+    /// One line naming the flag.
+    pub fn parse(args: &mut pico_args::Arguments) -> Result<Self, String> {
+        let mut listen = Listen::default();
+        let groups: Vec<IpAddr> = many(args, "--group")?;
+        if !groups.is_empty() {
+            (listen.group_v4, listen.group_v6) = (None, None);
+        }
+        for g in groups {
+            if !g.is_multicast() {
+                return Err(format!("--group {g} is not a multicast address"));
+            }
+            let clash = match g {
+                IpAddr::V4(g) => listen.group_v4.replace(g).is_some(),
+                IpAddr::V6(g) => listen.group_v6.replace(g).is_some(),
+            };
+            if clash {
+                return Err(format!("--group {g}: at most one group per address family"));
+            }
+        }
+        listen.port = opt(args, "--port")?.unwrap_or(listen.port);
+        let ifaces: Vec<IfaceSpec> = many(args, "--iface")?;
+        if !ifaces.is_empty() {
+            listen.ifaces = ifaces;
+        }
+        // The kernel's usual 208 KiB holds only ~2 ms of a 100k/s flood; a bigger
+        // buffer lets legitimate handshakes survive bursts.
+        listen.recv_buffer =
+            Some(ranged(args, "--recv-buffer", 1024..=1 << 30)?.unwrap_or(1 << 20));
+        let mut config = Config::default();
+        config.max_datagram = opt(args, "--max-datagram")?.unwrap_or(config.max_datagram);
+        if !(548..=65507).contains(&config.max_datagram) {
+            return Err(format!(
+                "--max-datagram {} is outside 548..=65507 (548: what every IPv4 host accepts)",
+                config.max_datagram
+            ));
+        }
+        let key_file: Option<String> = opt(args, "--key-file")?;
+        let rsa_bits: usize = opt(args, "--rsa-bits")?.unwrap_or(KEY_SIZES[0]);
+        if !KEY_SIZES.contains(&rsa_bits) {
+            return Err(format!("--rsa-bits {rsa_bits}: 2048, 3072 or 4096"));
+        }
+        let token_file: Option<String> = opt(args, "--token-file")?;
+        let clients_file: Option<String> = opt(args, "--clients-file")?;
+        // Ranges: 0 (or a huge value) would switch a limit off or make it
+        // meaningless; a typo must fail at start, not at 3 a.m.
+        let secs = |v: Option<u64>, d: Duration| v.map(Duration::from_secs).unwrap_or(d);
+        config.client_timeout = secs(
+            ranged(args, "--client-timeout", 1..=86_400)?,
+            config.client_timeout,
+        );
+        const MANY: u32 = 1_000_000;
+        config.max_clients =
+            ranged(args, "--max-clients", 1..=MANY as usize)?.unwrap_or(config.max_clients);
+        // 0 = no per-host cap.
+        config.max_clients_per_ip = ranged(args, "--max-clients-per-ip", 0..=MANY as usize)?
+            .unwrap_or(config.max_clients_per_ip);
+        config.handshake_rate =
+            ranged(args, "--handshake-rate", 1..=MANY)?.unwrap_or(config.handshake_rate);
+        config.handshake_burst =
+            ranged(args, "--handshake-burst", 1..=MANY)?.unwrap_or(config.handshake_burst);
+        let rsa_rate = ranged(args, "--rsa-rate", 1..=MANY)?;
+        config.rsa_rate = rsa_rate.unwrap_or(default_rsa_rate(rsa_bits));
+        const GIB: usize = 1 << 30;
+        let r = &mut config.reassembly;
+        r.max_partials_per_owner =
+            ranged(args, "--reassembly-partials", 1..=1024)?.unwrap_or(r.max_partials_per_owner);
+        r.max_bytes_per_owner =
+            ranged(args, "--reassembly-client-bytes", 1..=GIB)?.unwrap_or(r.max_bytes_per_owner);
+        r.max_total_bytes =
+            ranged(args, "--reassembly-total-bytes", 1..=GIB)?.unwrap_or(r.max_total_bytes);
+        r.max_message_bytes =
+            ranged(args, "--reassembly-message-bytes", 1..=GIB)?.unwrap_or(r.max_message_bytes);
+        r.max_age = secs(ranged(args, "--reassembly-age", 1..=3600)?, r.max_age);
+        Ok(ServeOptions {
+            listen,
+            config,
+            key_file,
+            rsa_bits,
+            rsa_rate,
+            token_file,
+            clients_file,
+            admin_bind: opt(args, "--admin-bind")?.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            admin_port: opt(args, "--admin-port")?.unwrap_or(5008),
+            no_admin: args.contains("--no-admin"),
+            admin_max_sessions: ranged(args, "--admin-max-sessions", 1..=64)?.unwrap_or(4),
+            admin_token_file: opt(args, "--admin-token-file")?,
+            admin_insecure: args.contains("--admin-insecure"),
+            level: opt(args, "--log-level")?.unwrap_or(LevelFilter::Info),
+            log_ring: ranged(args, "--log-ring", 1..=65_536)?.unwrap_or(1024),
+        })
+    }
+
+    /// The checks that involve several flags.
+    ///
+    /// # Errors
+    /// One line naming the flags.
+    pub fn check(&self) -> Result<(), String> {
+        let bind = self.admin_bind;
+        if !self.no_admin
+            && !bind.is_loopback()
+            && self.admin_token_file.is_none()
+            && !self.admin_insecure
+        {
+            return Err(format!(
+                "--admin-bind {bind} is not loopback: give --admin-token-file (or --admin-insecure)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every key's effective value as TOML text, in [`FLAGS`] order
+    /// (`None`: not set, and no default stands for it).
+    pub fn values(&self) -> Values {
+        let int = |v: u64| Some(v.to_string());
+        let path = |p: &Option<String>| p.as_deref().map(toml_string);
+        let list = |items: Vec<String>| {
+            let quoted: Vec<String> = items.iter().map(|s| toml_string(s)).collect();
+            Some(format!("[{}]", quoted.join(", ")))
+        };
+        let l = &self.listen;
+        let c = &self.config;
+        let r = &c.reassembly;
+        let groups = [l.group_v4.map(IpAddr::V4), l.group_v6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+            .map(|g| g.to_string())
+            .collect();
+        // `any` would read back as an interface name: the kernel's choice is 0.0.0.0.
+        let ifaces = l
+            .ifaces
+            .iter()
+            .map(|i| match i {
+                IfaceSpec::Any => "0.0.0.0".to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        vec![
+            ("group", list(groups)),
+            ("port", int(l.port.into())),
+            ("iface", list(ifaces)),
+            ("recv-buffer", l.recv_buffer.and_then(|b| int(b as u64))),
+            ("max-datagram", int(c.max_datagram as u64)),
+            ("key-file", path(&self.key_file)),
+            ("rsa-bits", int(self.rsa_bits as u64)),
+            ("token-file", path(&self.token_file)),
+            ("clients-file", path(&self.clients_file)),
+            ("client-timeout", int(c.client_timeout.as_secs())),
+            ("max-clients", int(c.max_clients as u64)),
+            ("max-clients-per-ip", int(c.max_clients_per_ip as u64)),
+            ("handshake-rate", int(c.handshake_rate.into())),
+            ("handshake-burst", int(c.handshake_burst.into())),
+            ("rsa-rate", self.rsa_rate.and_then(|r| int(r.into()))),
+            ("reassembly-partials", int(r.max_partials_per_owner as u64)),
+            ("reassembly-client-bytes", int(r.max_bytes_per_owner as u64)),
+            ("reassembly-total-bytes", int(r.max_total_bytes as u64)),
+            ("reassembly-message-bytes", int(r.max_message_bytes as u64)),
+            ("reassembly-age", int(r.max_age.as_secs())),
+            (
+                "admin-bind",
+                Some(toml_string(&self.admin_bind.to_string())),
+            ),
+            ("admin-port", int(self.admin_port.into())),
+            ("no-admin", Some(self.no_admin.to_string())),
+            ("admin-max-sessions", int(self.admin_max_sessions as u64)),
+            ("admin-token-file", path(&self.admin_token_file)),
+            ("admin-insecure", Some(self.admin_insecure.to_string())),
+            (
+                "log-level",
+                Some(toml_string(&self.level.to_string().to_lowercase())),
+            ),
+            ("log-ring", int(self.log_ring as u64)),
+        ]
+    }
+}
+
+/// Reads `--config`, `--print-config` and the flags: the effective options
+/// (file keys the command line does not give, then the command line), the
+/// config file's path, and whether to print them and exit.
+///
+/// # Errors
+/// One line: a bad flag, or a config key, naming its line.
+pub fn options(
+    mut args: pico_args::Arguments,
+) -> Result<(ServeOptions, Option<String>, bool), String> {
+    let config_path: Option<String> = opt(&mut args, "--config")?;
+    let print = args.contains("--print-config");
+    let cli = args.finish();
+    let merged = match &config_path {
+        Some(path) => {
+            let entries = config_file::read(path, FLAGS)?;
+            // Each key alone through the flag parser: its error names it.
+            for e in &entries {
+                let mut one =
+                    pico_args::Arguments::from_vec(e.args.iter().map(Into::into).collect());
+                ServeOptions::parse(&mut one)
+                    .and_then(|_| finish(one))
+                    .map_err(|why| {
+                        format!(
+                            "config file {path} line {}: {}",
+                            e.line,
+                            why.replace(&format!("--{}", e.key), e.key)
+                        )
+                    })?;
+            }
+            config_file::merge(&entries, cli)
+        }
+        None => cli,
+    };
+    let mut args = pico_args::Arguments::from_vec(merged);
+    let opts = ServeOptions::parse(&mut args)?;
+    finish(args)?;
+    opts.check()?;
+    Ok((opts, config_path, print))
+}
+
+/// Parses `serve` flags (and config file) and runs the relay until a
+/// signal stops it.
 pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     if args.contains(["-h", "--help"]) {
         print!("{HELP}");
         return Ok(());
     }
-    let defaults = Config::default();
-    let mut listen = Listen::default();
-    let groups: Vec<IpAddr> = many(&mut args, "--group")?;
-    if !groups.is_empty() {
-        (listen.group_v4, listen.group_v6) = (None, None);
+    let (opts, _config_path, print) = options(args)?;
+    if print {
+        print!("{}", config_file::render(&opts.values(), FLAGS));
+        return Ok(());
     }
-    for g in groups {
-        if !g.is_multicast() {
-            return Err(format!("--group {g} is not a multicast address"));
-        }
-        let clash = match g {
-            IpAddr::V4(g) => listen.group_v4.replace(g).is_some(),
-            IpAddr::V6(g) => listen.group_v6.replace(g).is_some(),
-        };
-        if clash {
-            return Err(format!("--group {g}: at most one group per address family"));
-        }
-    }
-    listen.port = opt(&mut args, "--port")?.unwrap_or(listen.port);
-    let ifaces: Vec<IfaceSpec> = many(&mut args, "--iface")?;
-    if !ifaces.is_empty() {
-        listen.ifaces = ifaces;
-    }
-    // The kernel's usual 208 KiB holds only ~2 ms of a 100k/s flood; a bigger
-    // buffer lets legitimate handshakes survive bursts.
-    listen.recv_buffer =
-        Some(ranged(&mut args, "--recv-buffer", 1024..=1 << 30)?.unwrap_or(1 << 20));
-    let mut config = defaults.clone();
-    config.max_datagram = opt(&mut args, "--max-datagram")?.unwrap_or(config.max_datagram);
-    if !(548..=65507).contains(&config.max_datagram) {
-        return Err(format!(
-            "--max-datagram {} is outside 548..=65507 (548: what every IPv4 host accepts)",
-            config.max_datagram
-        ));
-    }
-    let key_file: Option<String> = opt(&mut args, "--key-file")?;
-    let token_file: Option<String> = opt(&mut args, "--token-file")?;
-    // Ranges: 0 (or a huge value) would switch a limit off or make it
-    // meaningless; a typo must fail at start, not at 3 a.m.
-    let secs = |v: Option<u64>, d: Duration| v.map(Duration::from_secs).unwrap_or(d);
-    config.client_timeout = secs(
-        ranged(&mut args, "--client-timeout", 1..=86_400)?,
-        config.client_timeout,
-    );
-    const MANY: u32 = 1_000_000;
-    config.max_clients =
-        ranged(&mut args, "--max-clients", 1..=MANY as usize)?.unwrap_or(config.max_clients);
-    // 0 = no per-host cap.
-    config.max_clients_per_ip = ranged(&mut args, "--max-clients-per-ip", 0..=MANY as usize)?
-        .unwrap_or(config.max_clients_per_ip);
-    config.handshake_rate =
-        ranged(&mut args, "--handshake-rate", 1..=MANY)?.unwrap_or(config.handshake_rate);
-    config.handshake_burst =
-        ranged(&mut args, "--handshake-burst", 1..=MANY)?.unwrap_or(config.handshake_burst);
-    config.rsa_rate = ranged(&mut args, "--rsa-rate", 1..=MANY)?.unwrap_or(config.rsa_rate);
-    const GIB: usize = 1 << 30;
-    let r = &mut config.reassembly;
-    r.max_partials_per_owner =
-        ranged(&mut args, "--reassembly-partials", 1..=1024)?.unwrap_or(r.max_partials_per_owner);
-    r.max_bytes_per_owner =
-        ranged(&mut args, "--reassembly-client-bytes", 1..=GIB)?.unwrap_or(r.max_bytes_per_owner);
-    r.max_total_bytes =
-        ranged(&mut args, "--reassembly-total-bytes", 1..=GIB)?.unwrap_or(r.max_total_bytes);
-    r.max_message_bytes =
-        ranged(&mut args, "--reassembly-message-bytes", 1..=GIB)?.unwrap_or(r.max_message_bytes);
-    r.max_age = secs(ranged(&mut args, "--reassembly-age", 1..=3600)?, r.max_age);
-    let admin_bind: IpAddr =
-        opt(&mut args, "--admin-bind")?.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let admin_port: u16 = opt(&mut args, "--admin-port")?.unwrap_or(5008);
-    let no_admin = args.contains("--no-admin");
-    let admin_max_sessions = ranged(&mut args, "--admin-max-sessions", 1..=64)?.unwrap_or(4);
-    let admin_token_file: Option<String> = opt(&mut args, "--admin-token-file")?;
-    let admin_insecure = args.contains("--admin-insecure");
-    let level: LevelFilter = opt(&mut args, "--log-level")?.unwrap_or(LevelFilter::Info);
-    let log_ring = ranged(&mut args, "--log-ring", 1..=65_536)?.unwrap_or(1024);
-    finish(args)?;
-    if !no_admin && !admin_bind.is_loopback() && admin_token_file.is_none() && !admin_insecure {
-        return Err(format!(
-            "--admin-bind {admin_bind} is not loopback: give --admin-token-file (or --admin-insecure)"
-        ));
-    }
+    let ServeOptions {
+        listen,
+        mut config,
+        key_file,
+        rsa_bits,
+        rsa_rate,
+        token_file,
+        clients_file,
+        admin_bind,
+        admin_port,
+        no_admin,
+        admin_max_sessions,
+        admin_token_file,
+        admin_insecure: _,
+        level,
+        log_ring,
+    } = opts;
 
     logring::init(level, log_ring);
     if let Some(path) = &token_file {
         config.access_token = Some(read_access_token(path)?);
     }
+    if let Some(path) = &clients_file {
+        let table = load_clients(path, config.access_token.as_deref())?;
+        info!("clients file {path}: {} named clients", table.len());
+        config.credentials = Some(Arc::new(table));
+    }
     let key = match &key_file {
         Some(path) => {
             let (key, created) =
-                mcrelay::load_or_create(Path::new(path)).map_err(|e| e.to_string())?;
+                mcrelay::load_or_create(Path::new(path), rsa_bits).map_err(|e| e.to_string())?;
             if created {
                 info!("created key file {path} (mode 0600)");
             }
             key
         }
-        None => ServerKey::generate().map_err(|e| e.to_string())?,
+        None => ServerKey::generate_bits(rsa_bits).map_err(|e| e.to_string())?,
     };
+    // A key file keeps its size: the default budget follows the key in use.
+    config.rsa_rate = rsa_rate.unwrap_or(default_rsa_rate(key.bits()));
     let fingerprint = key.fingerprint();
+    let key_bits = key.bits();
+    let rsa_budget = config.rsa_rate;
     let udp = open_udp(&listen)?;
     let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let admin = if no_admin {
@@ -239,6 +529,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         },
         ifaces.join(", ")
     );
+    info!("server key RSA-{key_bits}, at most {rsa_budget} decryptions/s");
     info!("server key fingerprint (sha256) {fingerprint}");
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
@@ -276,6 +567,19 @@ fn read_access_token(path: &str) -> Result<Vec<u8>, String> {
     Ok(token)
 }
 
+/// The clients file, checked as at start-up (and on SIGHUP): a shared
+/// token that is also a named client's would make that client anonymous.
+fn load_clients(path: &str, shared: Option<&[u8]>) -> Result<Credentials, String> {
+    let table = mcrelay::clientsfile::load(Path::new(path)).map_err(|e| e.to_string())?;
+    if let Some(named) = shared.and_then(|t| table.lookup(t)) {
+        return Err(format!(
+            "clients file {path}: the --token-file token is also {}'s token; give {} its own",
+            named.name, named.name
+        ));
+    }
+    Ok(table)
+}
+
 /// The admin token file, checked as at start-up and on SIGHUP.
 fn read_admin_token(path: &str) -> Result<Vec<u8>, String> {
     let token = read_token_file(path)?;
@@ -311,5 +615,92 @@ fn reload_tokens(
     }
     if relay_file.is_none() && admin_file.is_none() {
         info!("SIGHUP: no token files to re-read");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcrelay::configfile::{changes, Applies};
+
+    fn parsed(args: &[&str]) -> ServeOptions {
+        let mut a = pico_args::Arguments::from_vec(args.iter().map(Into::into).collect());
+        let o = ServeOptions::parse(&mut a).unwrap();
+        finish(a).unwrap();
+        o
+    }
+
+    /// The config keys are exactly the flags `--help` lists (bar the two
+    /// about the config file itself), in the same order.
+    #[test]
+    fn flags_table_matches_help() {
+        let help: Vec<&str> = HELP
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|f| !["config", "print-config"].contains(f))
+            .collect();
+        let keys: Vec<&str> = FLAGS.iter().map(|f| f.name).collect();
+        assert_eq!(help, keys);
+        let values = parsed(&[]).values();
+        assert_eq!(values.iter().map(|(k, _)| *k).collect::<Vec<_>>(), keys);
+    }
+
+    /// Two parsed configurations: what a reload applies and what needs a
+    /// restart.
+    #[test]
+    fn reload_plan_between_two_configs() {
+        let old = parsed(&["--token-file", "/etc/a", "--log-level", "info"]);
+        let new = parsed(&[
+            "--token-file",
+            "/etc/b",
+            "--log-level",
+            "debug",
+            "--port",
+            "6000",
+            "--client-timeout",
+            "30",
+            "--iface",
+            "eth0",
+            "--clients-file",
+            "/etc/clients",
+        ]);
+        let plan = changes(&old.values(), &new.values(), FLAGS);
+        let got: Vec<(&str, Applies)> = plan.iter().map(|c| (c.key, c.applies)).collect();
+        assert_eq!(
+            got,
+            [
+                ("port", Applies::Restart),
+                ("iface", Applies::Restart),
+                ("token-file", Applies::Reload),
+                ("clients-file", Applies::Reload),
+                ("client-timeout", Applies::Reload),
+                ("log-level", Applies::Reload),
+            ]
+        );
+        assert_eq!(
+            plan[1].to_string(),
+            "iface: [\"0.0.0.0\"] -> [\"eth0\"] (needs a restart)"
+        );
+        assert_eq!(
+            plan[3].to_string(),
+            "clients-file: (not set) -> \"/etc/clients\""
+        );
+        assert!(changes(&new.values(), &new.values(), FLAGS).is_empty());
+    }
+
+    #[test]
+    fn rsa_rate_follows_the_key_unless_given() {
+        assert_eq!(default_rsa_rate(2048), 200);
+        assert_eq!(default_rsa_rate(3072), 60);
+        assert_eq!(default_rsa_rate(4096), 25);
+        let o = parsed(&["--rsa-bits", "4096"]);
+        assert_eq!((o.rsa_rate, o.config.rsa_rate), (None, 25));
+        let o = parsed(&["--rsa-bits", "4096", "--rsa-rate", "80"]);
+        assert_eq!((o.rsa_rate, o.config.rsa_rate), (Some(80), 80));
+        let mut a = pico_args::Arguments::from_vec(vec!["--rsa-bits".into(), "1024".into()]);
+        assert!(ServeOptions::parse(&mut a)
+            .unwrap_err()
+            .contains("2048, 3072 or 4096"));
     }
 }

@@ -31,6 +31,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::net::logring;
+use crate::net::prometheus;
 use crate::relay::cookie::ct_eq;
 use crate::relay::{Relay, Transmits};
 
@@ -72,6 +73,7 @@ const HELP: &str = "\
 help               this list
 clients            one line per client: id, idle seconds, messages/bytes in and out, partial fragments
 stats              counters, one `name value` per line
+stats prometheus   the same in the Prometheus text format (0.0.4)
 kick ID            remove client ID (ip:port); the others are told it was kicked
 log LEVEL|off      live log level of this session: error, warn, info, debug, trace or off
 log tail N         the last N lines of the log ring
@@ -463,6 +465,37 @@ impl Admin {
         action
     }
 
+    /// What `stats` prints, as (name, value): the relay's gauges and
+    /// counters, then the admin channel's own. `stats prometheus` renders
+    /// the same list.
+    fn stats_lines(&self, relay: &Relay, now: Instant) -> Vec<(String, u64)> {
+        let mut lines = vec![
+            (
+                "uptime".to_string(),
+                now.saturating_duration_since(relay.started()).as_secs(),
+            ),
+            ("clients".to_string(), relay.client_count() as u64),
+            (
+                "reassembly_bytes".to_string(),
+                relay.reassembly_bytes() as u64,
+            ),
+        ];
+        relay
+            .stats()
+            .for_each(|name, v| lines.push((name.to_string(), v)));
+        for (name, v) in [
+            ("admin_sessions", self.sessions.len() as u64),
+            ("admin_sessions_total", self.sessions_total),
+            ("admin_closed_abuse", self.closed_abuse),
+            ("admin_closed_bad_auth", self.closed_bad_auth),
+            ("admin_reply_waits", self.reply_waits),
+            ("log_lines_dropped", self.lines_dropped),
+        ] {
+            lines.push((name.to_string(), v));
+        }
+        lines
+    }
+
     fn abuse(&mut self, key: usize, why: &str) {
         let s = &mut self.sessions[key];
         s.abuse += 1;
@@ -566,25 +599,20 @@ impl Admin {
                 s.reply("OK");
             }
             ("stats", "") => {
-                let mut text = format!(
-                    "uptime {}\nclients {}\nreassembly_bytes {}\n",
-                    now.saturating_duration_since(relay.started()).as_secs(),
-                    relay.client_count(),
-                    relay.reassembly_bytes()
-                );
-                relay
-                    .stats()
-                    .for_each(|name, v| text.push_str(&format!("{name} {v}\n")));
-                for (name, v) in [
-                    ("admin_sessions", self.sessions.len() as u64),
-                    ("admin_sessions_total", self.sessions_total),
-                    ("admin_closed_abuse", self.closed_abuse),
-                    ("admin_closed_bad_auth", self.closed_bad_auth),
-                    ("admin_reply_waits", self.reply_waits),
-                    ("log_lines_dropped", self.lines_dropped),
-                ] {
+                let mut text = String::new();
+                for (name, v) in self.stats_lines(relay, now) {
                     text.push_str(&format!("{name} {v}\n"));
                 }
+                let s = &mut self.sessions[key];
+                s.reply(&text);
+                s.reply("OK");
+            }
+            ("stats", "prometheus") => {
+                let lines = self.stats_lines(relay, now);
+                let text = prometheus::render(
+                    lines.iter().map(|(n, v)| (n.as_str(), *v)),
+                    env!("CARGO_PKG_VERSION"),
+                );
                 let s = &mut self.sessions[key];
                 s.reply(&text);
                 s.reply("OK");

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use crate::session::key::{PemError, ServerKey, KEY_BITS};
+use crate::session::key::{PemError, ServerKey};
 
 /// Why a key file could not be used. Display is one line naming the file.
 #[derive(Debug)]
@@ -18,7 +18,7 @@ pub enum KeyError {
     Permissions(String, u32),
     /// The file is not a PKCS#8 PEM RSA key.
     Parse(String),
-    /// The key is not 2048 bits.
+    /// The key is not 2048, 3072 or 4096 bits.
     Size(String, usize),
     /// Key generation failed.
     Generate(String),
@@ -34,7 +34,10 @@ impl fmt::Display for KeyError {
             ),
             KeyError::Parse(p) => write!(f, "key file {p} is not a PKCS#8 PEM RSA private key"),
             KeyError::Size(p, bits) => {
-                write!(f, "key file {p} holds a {bits}-bit key; need {KEY_BITS}")
+                write!(
+                    f,
+                    "key file {p} holds a {bits}-bit key; need 2048, 3072 or 4096"
+                )
             }
             KeyError::Generate(e) => write!(f, "RSA key generation failed: {e}"),
         }
@@ -43,32 +46,42 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// Loads the key at `path`, or creates one there (mode 0600) when the
-/// file does not exist. Returns the key and whether it was created.
+/// Loads the key at `path`, or creates one of `bits` there (mode 0600)
+/// when the file does not exist. A key file that exists keeps its size
+/// (2048, 3072 or 4096 bits), whatever `bits` says. Returns the key and
+/// whether it was created.
 ///
 /// # Errors
 /// [`KeyError`], one line naming the file.
-pub fn load_or_create(path: &Path) -> Result<(ServerKey, bool), KeyError> {
+pub fn load_or_create(path: &Path, bits: usize) -> Result<(ServerKey, bool), KeyError> {
     let name = path.display().to_string();
-    match fs::metadata(path) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::Permissions(name, mode));
-            }
-            let pem = fs::read_to_string(path).map_err(|e| KeyError::Io(name.clone(), e))?;
-            match ServerKey::from_pkcs8_pem(&pem) {
-                Ok(key) => Ok((key, false)),
-                Err(PemError::Parse) => Err(KeyError::Parse(name)),
-                Err(PemError::Size(bits)) => Err(KeyError::Size(name, bits)),
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let key = ServerKey::generate().map_err(KeyError::Generate)?;
+    match load(path) {
+        Err(KeyError::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => {
+            let key = ServerKey::generate_bits(bits).map_err(KeyError::Generate)?;
             write_new(&key, path).map_err(|e| KeyError::Io(name, e))?;
             Ok((key, true))
         }
-        Err(e) => Err(KeyError::Io(name, e)),
+        other => other.map(|key| (key, false)),
+    }
+}
+
+/// Loads the key at `path`: a PKCS#8 PEM RSA key of 2048, 3072 or 4096
+/// bits that neither group nor others can read.
+///
+/// # Errors
+/// [`KeyError`], one line naming the file.
+pub fn load(path: &Path) -> Result<ServerKey, KeyError> {
+    let name = path.display().to_string();
+    let meta = fs::metadata(path).map_err(|e| KeyError::Io(name.clone(), e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions(name, mode));
+    }
+    let pem = fs::read_to_string(path).map_err(|e| KeyError::Io(name.clone(), e))?;
+    match ServerKey::from_pkcs8_pem(&pem) {
+        Ok(key) => Ok(key),
+        Err(PemError::Parse) => Err(KeyError::Parse(name)),
+        Err(PemError::Size(bits)) => Err(KeyError::Size(name, bits)),
     }
 }
 
@@ -98,25 +111,46 @@ mod tests {
     #[test]
     fn create_then_load_same_key() {
         let p = tmp("create");
-        let (a, created) = load_or_create(&p).unwrap();
+        let (a, created) = load_or_create(&p, 2048).unwrap();
         assert!(created);
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let (b, created) = load_or_create(&p).unwrap();
+        let (b, created) = load_or_create(&p, 2048).unwrap();
         assert!(!created);
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 64);
         fs::remove_file(p).unwrap();
     }
 
+    /// A created key has the size asked for; a file that exists keeps its
+    /// own size whatever is asked.
+    #[test]
+    fn sizes() {
+        let p = tmp("sizes");
+        let (k, created) = load_or_create(&p, 3072).unwrap();
+        assert!(created);
+        assert_eq!(k.bits(), 3072);
+        let (again, created) = load_or_create(&p, 2048).unwrap();
+        assert!(!created);
+        assert_eq!(again.bits(), 3072);
+        assert_eq!(load(&p).unwrap().fingerprint(), k.fingerprint());
+        fs::remove_file(&p).unwrap();
+        assert!(matches!(load(&p), Err(KeyError::Io(..))));
+        assert!(matches!(
+            load_or_create(&p, 1024),
+            Err(KeyError::Generate(_))
+        ));
+        assert!(!p.exists());
+    }
+
     #[test]
     fn group_readable_refused() {
         let p = tmp("perm");
-        load_or_create(&p).unwrap();
+        load_or_create(&p, 2048).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = load_or_create(&p).err().unwrap();
+        let err = load_or_create(&p, 2048).err().unwrap();
         assert!(matches!(err, KeyError::Permissions(_, 0o640)), "{err}");
         fs::remove_file(p).unwrap();
     }
@@ -131,7 +165,7 @@ mod tests {
             .open(&p)
             .unwrap();
         fs::write(&p, "not a key").unwrap();
-        assert!(matches!(load_or_create(&p), Err(KeyError::Parse(_))));
+        assert!(matches!(load_or_create(&p, 2048), Err(KeyError::Parse(_))));
         fs::remove_file(p).unwrap();
     }
 }

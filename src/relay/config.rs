@@ -1,7 +1,14 @@
 //! Tunables of the relay core, each with the safe default the protocol or
 //! the project chose. The CLI maps flags onto these fields.
+//!
+//! [`credentials`]: the named clients a clients file lists.
 
+pub mod credentials;
+
+use std::sync::Arc;
 use std::time::Duration;
+
+use self::credentials::Credentials;
 
 use crate::reassembly::ReassemblyLimits;
 
@@ -21,6 +28,10 @@ pub struct Config {
     pub reassembly: ReassemblyLimits,
     /// Token every SESSION_KEY must carry, if set.
     pub access_token: Option<Vec<u8>>,
+    /// Named clients (`--clients-file`), if set. With a table, a client must
+    /// present a token it lists or, when `access_token` is set too, that
+    /// shared token; anything else is REJECT 2.
+    pub credentials: Option<Arc<Credentials>>,
     /// Handshakes per second per source address, ip and port (after the cookie check).
     pub handshake_rate: u32,
     /// Burst of handshakes per source address.
@@ -44,6 +55,7 @@ impl Default for Config {
             max_clients_per_ip: 64,
             reassembly: ReassemblyLimits::default(),
             access_token: None,
+            credentials: None,
             handshake_rate: 5,
             handshake_burst: 10,
             // One RSA-2048 decryption costs ~2.3 ms here: 200/s keeps the
