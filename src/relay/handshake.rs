@@ -21,6 +21,9 @@ use crate::wire::outer::{self, Keyed};
 use crate::wire::{self, inner, tlv};
 use crate::wire::{FERNET_KEY_LEN, MIN_HELLO_LEN};
 
+/// The protocol versions this relay speaks: the VERSIONS value (v2 §2).
+pub(super) const VERSIONS: [u8; 2] = [1, 2];
+
 /// How often a lost WELCOME may be sent again.
 const WELCOME_RESEND: Duration = Duration::from_secs(1);
 
@@ -48,6 +51,9 @@ impl Relay {
         d.clear();
         tlv::put(d, outer::SERVER_KEY, self.key.public_der());
         tlv::put(d, outer::COOKIE, &self.cookies.issue(turn.src));
+        // v2 §2: the versions spoken, so that a v2 client knows to use
+        // SESSION_KEY2 (and never falls back); v1 clients skip the type.
+        tlv::put(d, outer::VERSIONS, &VERSIONS);
         // Anti-amplification: never more than 3× what an unvalidated address sent.
         if d.len() > len.saturating_mul(3) {
             return Err(Drop::Amplification);

@@ -268,7 +268,10 @@ impl Net {
         assert_eq!(replies.len(), 1, "one SERVER_KEY+COOKIE reply");
         assert!(replies[0].len() <= 3 * hello.len(), "anti-amplification");
         let tlvs = parse(&replies[0]);
-        assert_eq!(kinds(&replies[0]), [outer::SERVER_KEY, outer::COOKIE]);
+        assert_eq!(
+            kinds(&replies[0]),
+            [outer::SERVER_KEY, outer::COOKIE, outer::VERSIONS]
+        );
         (tlvs[0].1.clone(), tlvs[1].1.clone())
     }
 
