@@ -46,6 +46,7 @@ pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
 pub use relay::{ClientId, ClientInfo, Event, Relay, Transmits};
 pub use session::fernet;
+pub use session::group;
 pub use session::key::{fingerprint, hex, ServerKey};
 
 /// The client library: a session with the relay on its own UDP socket.

@@ -31,8 +31,10 @@ pub enum OpenError {
 
 /// The way a token travels. Both ends share one key, so [`Session::open`]
 /// tells them apart by content: every server plaintext carries a field only
-/// the server sends (SENDER_ID, CLIENT_ID, PEER_JOINED, PEER_LEFT, REASON or
-/// SERVER_CLOSING) and no client plaintext (`SEQ [BODY]`) does.
+/// the server sends (SENDER_ID, CLIENT_ID, PEER_JOINED, PEER_LEFT, REASON,
+/// SERVER_CLOSING, and in v2 CAPS, GROUP_KEY, GROUP_ADDR or GROUP_SIGNER:
+/// a rekey is `SEQ GROUP_KEY`) and no client plaintext (`SEQ [BODY]`,
+/// `SEQ [KEY_REQUEST] [PROBE]`) does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// Client to server: the relay opening a client's token.
@@ -108,12 +110,25 @@ impl Session {
         scratch: &mut Vec<u8>,
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> String {
-        scratch.clear();
-        wire::put_seq(scratch, self.next_seq);
-        self.next_seq = self.next_seq.saturating_add(1);
-        fill(scratch);
-        self.key.seal_in_place(unix_secs, iv, scratch);
+        self.seal_raw(unix_secs, iv, scratch, fill);
         fernet::to_text(scratch)
+    }
+
+    /// [`Session::seal`] without the text form: leaves the raw token
+    /// (protocol v2 §4 "Raw tokens") in `buf`, and allocates nothing once
+    /// `buf` has grown to its size.
+    pub fn seal_raw(
+        &mut self,
+        unix_secs: u64,
+        iv: [u8; 16],
+        buf: &mut Vec<u8>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) {
+        buf.clear();
+        wire::put_seq(buf, self.next_seq);
+        self.next_seq = self.next_seq.saturating_add(1);
+        fill(buf);
+        self.key.seal_in_place(unix_secs, iv, buf);
     }
 
     /// Authenticates and decrypts a token (raw or text) travelling `dir`,
@@ -129,7 +144,11 @@ impl Session {
             || m.peer_joined.is_some()
             || m.peer_left.is_some()
             || m.reason.is_some()
-            || m.server_closing;
+            || m.server_closing
+            || m.caps.is_some()
+            || m.group_key.is_some()
+            || m.group_addr.is_some()
+            || m.group_signer.is_some();
         // Checked before the SEQ is recorded, so a token reflected back to
         // the end that sealed it is neither accepted nor burns a SEQ.
         if from_server != (dir == Direction::ToClient) {
@@ -265,6 +284,28 @@ mod tests {
         // Neither burnt the SEQ: the genuine tokens with SEQ 1 still open.
         assert!(server.open(mine.as_bytes(), Direction::ToServer).is_ok());
         assert!(client.open(relayed.as_bytes(), Direction::ToClient).is_ok());
+    }
+
+    #[test]
+    fn a_rekey_travels_to_the_client_only_and_raw_seals_open_as_text_would() {
+        let (mut client, mut server) = pair();
+        let mut buf = Vec::new();
+        // v2 §4: a rekey is `SEQ GROUP_KEY`, nothing else server-only in it.
+        server.seal_raw(T, IV, &mut buf, |p| {
+            wire::inner::put_group_key(p, 2, &[b'k'; 44])
+        });
+        assert_eq!(buf[0], fernet::VERSION, "raw");
+        assert_eq!(
+            server.open(&buf, Direction::ToServer),
+            Err(OpenError::Reflected)
+        );
+        let plain = client.open(&buf, Direction::ToClient).unwrap();
+        assert_eq!(Inner::parse(&plain).unwrap().group_key.unwrap().0, 2);
+        // A member's KEEPALIVE asking for a key is the client's own kind.
+        let ask = client.seal(T, IV, &mut buf, |p| {
+            tlv::put(p, wire::inner::KEY_REQUEST, &2u32.to_be_bytes())
+        });
+        assert!(server.open(ask.as_bytes(), Direction::ToServer).is_ok());
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //!
 //! One scenario per test, grouped by what they exercise: `handshake`,
 //! `fairness`, `replay`, `members` (tokens, inner rules, strangers),
-//! `fragments`, `leaving` and `one_answer` (many TLVs in one datagram).
+//! `fragments`, `leaving`, `one_answer` (many TLVs in one datagram), and
+//! protocol v2: `group` (the bound handshake, group fan-out, mixed groups)
+//! and `group_keys` (rekeys, ratchets, key requests, probes), with the
+//! hand-made v2 clients of `v2`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -39,11 +42,14 @@ use crate::wire::{inner, outer, Inner, LeaveReason, RejectReason, MIN_HELLO_LEN}
 
 mod fairness;
 mod fragments;
+mod group;
+mod group_keys;
 mod handshake;
 mod leaving;
 mod members;
 mod one_answer;
 mod replay;
+mod v2;
 
 /// The wall clock the relay and the clients are started with (any value
 /// works: no Fernet timestamp is checked).
