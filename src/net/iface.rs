@@ -348,6 +348,23 @@ impl Memberships {
             .collect()
     }
 
+    /// Where a group is joined now, each (family, interface) once: the
+    /// interfaces the group mode downlink sends on.
+    pub fn joined(&self) -> Vec<JoinTarget> {
+        let mut v: Vec<JoinTarget> = self
+            .served
+            .iter()
+            .flat_map(|s| [&s.v4, &s.v6])
+            .filter_map(|state| match state {
+                FamilyState::Joined(t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// True when at least one group is joined somewhere.
     #[cfg(test)]
     pub fn any_joined(&self) -> bool {
@@ -515,6 +532,7 @@ mod tests {
         );
         // Nothing changed: nothing done.
         assert!(m.reconcile(&[lan(7, true, &[a], true)], &mut s).is_empty());
+        assert_eq!(m.joined(), [JoinTarget::V4(7), JoinTarget::V6(7)]);
     }
 
     #[test]
@@ -547,8 +565,10 @@ mod tests {
         assert!(m.describe()[0].contains("v6 error ("), "{:?}", m.describe());
         // The same failure again is not logged again.
         assert_eq!(m.reconcile(&[lan(7, true, &[a], true)], &mut s).len(), 0);
+        assert_eq!(m.joined(), [JoinTarget::V4(7)], "v6 failed: not joined");
         m.reconcile(&[lan(7, false, &[a], true)], &mut s);
         assert!(s.joined.is_empty());
+        assert!(m.joined().is_empty());
         assert!(m.describe()[0].starts_with("10.0.20.1 v4 waiting (interface down)"));
     }
 

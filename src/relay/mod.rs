@@ -210,6 +210,16 @@ impl Relay {
         relay
     }
 
+    /// Where GROUP_DATA goes (none with group mode off): the shell sends
+    /// what is queued for each of these once per served interface.
+    pub fn downlinks(&self) -> &[SocketAddr] {
+        if self.config.group_mode {
+            &self.config.downlinks
+        } else {
+            &[]
+        }
+    }
+
     /// The Ed25519 public key that signs this run's GROUP_DATA (made at
     /// start, never stored).
     pub fn group_signer(&self) -> [u8; 32] {

@@ -29,7 +29,7 @@ impl Transmits {
     }
 
     /// The queued datagrams in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (SocketAddr, &[u8])> + '_ {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (SocketAddr, &[u8])> + Clone + '_ {
         self.items
             .iter()
             .map(|&(dst, start, len)| (dst, &self.buf[start..start + len]))
