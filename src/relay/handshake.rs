@@ -278,10 +278,13 @@ impl Relay {
         // Out of the group while the notice and the ratchet happen; back in
         // below if this WELCOME grants GROUP.
         let was_member = self.drop_member(slot);
-        self.tail.clear();
-        tlv::put(&mut self.tail, inner::PEER_JOINED, id_text.as_bytes());
+        let joined = |tail: &mut Vec<u8>| {
+            tail.clear();
+            tlv::put(tail, inner::PEER_JOINED, id_text.as_bytes());
+        };
         let downlink = if group {
             if !rekeyed {
+                joined(&mut self.tail);
                 self.notify(Some(slot), out);
             }
             self.ratchet(out);
@@ -299,8 +302,7 @@ impl Relay {
             self.clients.get(slot).map_or("", |c| c.mode())
         );
         if !rekeyed && !group {
-            self.tail.clear();
-            tlv::put(&mut self.tail, inner::PEER_JOINED, id_text.as_bytes());
+            joined(&mut self.tail);
             self.notify(Some(slot), out);
         }
         let id = ClientId::new(src);

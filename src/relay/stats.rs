@@ -35,7 +35,8 @@ pub struct Stats {
     pub reassembled: u64,
     /// DATA messages received from clients and relayed.
     pub messages_relayed: u64,
-    /// Relayed copies sent (one per receiver).
+    /// Receivers relayed messages reached: one per single DATA copy, and
+    /// one per group member a GROUP_DATA was for.
     pub deliveries: u64,
     /// Clients that said BYE.
     pub clients_left: u64,

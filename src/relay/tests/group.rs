@@ -103,6 +103,35 @@ fn one_group_data_per_message_whatever_the_number_of_members() {
 }
 
 #[test]
+fn each_family_hears_the_one_group_data_on_its_own_downlink() {
+    let v6: SocketAddr = "[ff02::77]:5009".parse().unwrap();
+    let mut net = Net::new(Config {
+        downlinks: vec![DOWNLINK, v6],
+        ..roomy()
+    });
+    let mut a = net.v2(addr(41001), GROUP_RAW);
+    let mut b = net.v2("[2001:db8::5]:41002".parse().unwrap(), GROUP_RAW);
+    let mut c = net.v2("[2001:db8::6]:41003".parse().unwrap(), GROUP_RAW);
+    assert_eq!((a.downlink, b.downlink), (Some(DOWNLINK), Some(v6)));
+    net.stray.clear();
+    // From an IPv6 member: one seal, sent to both downlinks.
+    let mark = net.sent.len();
+    let d = b.data(b"both");
+    net.deliver(b.addr, &d);
+    assert_eq!(sent_to(&net, mark), [DOWNLINK, v6]);
+    let (g4, g6) = (net.take_stray(DOWNLINK), net.take_stray(v6));
+    assert_eq!(g4, g6, "the same datagram");
+    assert!(a.open_group(net.now, &g4[0]).is_ok());
+    assert!(c.open_group(net.now, &g6[0]).is_ok());
+    assert_eq!(net.stats().group_data_sent, 2 + 1);
+    // From the only IPv4 member: IPv6 members only.
+    let mark = net.sent.len();
+    let d = a.data(b"v6 only");
+    net.deliver(a.addr, &d);
+    assert_eq!(sent_to(&net, mark), [v6]);
+}
+
+#[test]
 fn a_lone_member_sending_costs_no_group_data() {
     let mut net = Net::new(roomy());
     let mut a = net.v2(addr(41001), GROUP_RAW);
