@@ -1,5 +1,5 @@
 //! mcrelay: a small, hardened relay that turns an open UDP multicast group
-//! into a secure, managed relay (protocol v1, see PROTOCOL.md).
+//! into a secure, managed relay (protocols v1 and v2, see PROTOCOL.md).
 //!
 //! The layers, from the bytes up:
 //! - [`wire`]: bytes to values and back; no state, no clock, no crypto.
@@ -61,6 +61,7 @@ pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
 pub use relay::{ClientId, ClientInfo, Event, Relay, Transmits};
 pub use session::fernet;
+pub use session::group;
 pub use session::key::{fingerprint, hex, ServerKey, KEY_SIZES};
 
 /// The client library: a session with the relay on its own UDP socket.

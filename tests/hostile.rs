@@ -1365,7 +1365,7 @@ fn hostile_datagram(rng: &mut XorShift, d: &mut Vec<u8>, member: bool, e: &mut E
         11 => {
             let types = [
                 0x0000,
-                0x000E,
+                0x00EE,
                 0x0100,
                 0xFFFF,
                 outer::SERVER_KEY,

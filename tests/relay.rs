@@ -105,11 +105,21 @@ fn join_and_leave_notices() {
     });
 }
 
+/// A client served one by one (outside group mode), connected.
+fn unicast_client(server: &Server) -> mcrelay::UdpClient {
+    let mut c = server.client_with(mcrelay::ClientOptions {
+        group: false,
+        ..mcrelay::ClientOptions::default()
+    });
+    c.connect(DEADLINE).expect("handshake");
+    c
+}
+
 #[test]
 fn twenty_kib_both_ways_in_datagrams_of_at_most_1200_bytes() {
     let server = Server::start(&[]);
-    let mut a = server.client();
-    let mut b = server.client();
+    let mut a = unicast_client(&server);
+    let mut b = unicast_client(&server);
     drain(&mut a, QUIET);
     let big_a: Vec<u8> = (0..20 * 1024).map(|i| (i % 251) as u8).collect();
     let big_b: Vec<u8> = (0..20 * 1024).map(|i| (i % 241) as u8).collect();
@@ -123,6 +133,26 @@ fn twenty_kib_both_ways_in_datagrams_of_at_most_1200_bytes() {
     assert_eq!(expect_message(&mut a, &big_b), b.id().unwrap());
     assert!(a.largest_received() <= 1200 && b.largest_received() <= 1200);
     assert!(a.largest_received() > 1000, "the server did fragment");
+}
+
+/// The same in group mode: the relay sends one fragmented GROUP_DATA to
+/// the downlink, and every member reassembles and verifies it.
+#[test]
+fn twenty_kib_in_group_mode_arrive_through_the_downlink_in_fragments() {
+    let server = Server::start(&[]);
+    let mut a = server.client();
+    let mut b = server.client();
+    let mut c = server.client();
+    assert!(b.downlink().is_some() && c.downlink().is_some(), "group mode");
+    drain(&mut a, QUIET);
+    let big: Vec<u8> = (0..20 * 1024).map(|i| (i % 239) as u8).collect();
+    a.send(&big).unwrap();
+    assert_eq!(expect_message(&mut b, &big), a.id().unwrap());
+    assert_eq!(expect_message(&mut c, &big), a.id().unwrap());
+    let mut admin = server.admin();
+    // One signed message, sent once in fragments for both members.
+    assert_eq!(admin.stat("messages_relayed"), 1);
+    assert!(admin.stat("group_data_sent") > 1, "fragments on the downlink");
 }
 
 #[test]

@@ -45,7 +45,11 @@ impl Pair {
         let now = Instant::now();
         let mut p = Pair {
             relay: Relay::new(
-                Config::default(),
+                // Unicast only: this pair exchanges no downlink datagrams.
+                Config {
+                    group_mode: false,
+                    ..Config::default()
+                },
                 keys().0.clone(),
                 now,
                 1_700_000_000,

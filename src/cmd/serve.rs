@@ -61,6 +61,13 @@ SECURITY:
                                  listed token, or the --token-file token when both are given
                                  [default: none]
 
+GROUP MODE (protocol v2: one signed multicast datagram per message for all members):
+    --no-group-mode              never grant group mode; v2 clients are served one by one
+    --downlink GROUP:PORT        where group datagrams go, once per family, sent on every
+                                 interface the group of that family is joined on; never the
+                                 uplink GROUP:PORT [default: each served group, PORT+2]
+    --ttl N                      multicast TTL / hop limit of the downlink, 0..=255 [default: 1]
+
 CLIENTS:
     --client-timeout SECS        forget a client after this much silence [default: 60]
     --max-clients N              registered clients at most [default: 1024]
@@ -103,6 +110,9 @@ pub const FLAGS: &[Flag] = &[
     flag("rsa-bits", Arity::Value, false),
     unset("token-file", true, "not set: no shared token"),
     unset("clients-file", true, "not set: no named clients"),
+    flag("no-group-mode", Arity::Switch, false),
+    flag("downlink", Arity::List, false),
+    flag("ttl", Arity::Value, false),
     flag("client-timeout", Arity::Value, true),
     flag("max-clients", Arity::Value, true),
     flag("max-clients-per-ip", Arity::Value, true),
@@ -165,6 +175,8 @@ pub struct ServeOptions {
     /// The relay core's tunables (its `rsa_rate` is settled once the key's
     /// size is known, from `rsa_rate` below).
     pub config: Config,
+    /// `--downlink` (checked against the sockets once they are open).
+    pub downlinks: Vec<SocketAddr>,
     /// `--key-file`.
     pub key_file: Option<String>,
     /// `--rsa-bits`: the size of a key generated here.
@@ -227,7 +239,10 @@ impl ServeOptions {
         // buffer lets legitimate handshakes survive bursts.
         listen.recv_buffer =
             Some(ranged(args, "--recv-buffer", 1024..=1 << 30)?.unwrap_or(1 << 20));
+        let downlinks: Vec<SocketAddr> = many(args, "--downlink")?;
+        listen.downlink_ttl = ranged(args, "--ttl", 0..=255)?.unwrap_or(listen.downlink_ttl);
         let mut config = Config::default();
+        config.group_mode = !args.contains("--no-group-mode");
         config.max_datagram = opt(args, "--max-datagram")?.unwrap_or(config.max_datagram);
         if !(548..=65507).contains(&config.max_datagram) {
             return Err(format!(
@@ -275,6 +290,7 @@ impl ServeOptions {
         Ok(ServeOptions {
             listen,
             config,
+            downlinks,
             key_file,
             rsa_bits,
             rsa_rate,
@@ -345,6 +361,12 @@ impl ServeOptions {
             ("rsa-bits", int(self.rsa_bits as u64)),
             ("token-file", path(&self.token_file)),
             ("clients-file", path(&self.clients_file)),
+            ("no-group-mode", Some((!c.group_mode).to_string())),
+            (
+                "downlink",
+                list(self.downlinks.iter().map(|d| d.to_string()).collect()),
+            ),
+            ("ttl", int(l.downlink_ttl.into())),
             ("client-timeout", int(c.client_timeout.as_secs())),
             ("max-clients", int(c.max_clients as u64)),
             ("max-clients-per-ip", int(c.max_clients_per_ip as u64)),
@@ -429,6 +451,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     let ServeOptions {
         listen,
         mut config,
+        downlinks,
         key_file,
         rsa_bits,
         rsa_rate,
@@ -469,7 +492,9 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     let fingerprint = key.fingerprint();
     let key_bits = key.bits();
     let rsa_budget = config.rsa_rate;
+    check_downlinks(&downlinks, &listen)?;
     let udp = open_udp(&listen)?;
+    config.downlinks = downlinks_for(downlinks, &listen, &udp)?;
     let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let admin = if no_admin {
         None
@@ -529,9 +554,98 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         },
         ifaces.join(", ")
     );
+    let downlinks = server.downlinks();
+    if downlinks.is_empty() {
+        info!("group mode off");
+    } else {
+        let d: Vec<String> = downlinks.iter().map(|d| d.to_string()).collect();
+        info!(
+            "group mode downlink {} (ttl {})",
+            d.join(" and "),
+            listen.downlink_ttl
+        );
+    }
     info!("server key RSA-{key_bits}, at most {rsa_budget} decryptions/s");
     info!("server key fingerprint (sha256) {fingerprint}");
     server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// The `--downlink` checks that need no socket: multicast, a port, one per
+/// family, and a family whose group is served (its interfaces are the ones
+/// that group is joined on).
+fn check_downlinks(downlinks: &[SocketAddr], listen: &Listen) -> Result<(), String> {
+    let mut families = [false; 2];
+    for d in downlinks {
+        if !d.ip().is_multicast() || d.port() == 0 {
+            return Err(format!(
+                "--downlink {d} is not a multicast GROUP:PORT with a port"
+            ));
+        }
+        if std::mem::replace(&mut families[usize::from(d.is_ipv6())], true) {
+            return Err(format!("--downlink {d}: at most one per address family"));
+        }
+        let served = match d {
+            SocketAddr::V4(_) => listen.group_v4.is_some(),
+            SocketAddr::V6(_) => listen.group_v6.is_some(),
+        };
+        if !served {
+            return Err(format!(
+                "--downlink {d}: no group of its family is served (--group), so no interface \
+                 is joined to send it on"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The downlinks once the port is known: the ones given, or each served
+/// group at PORT+2 (IPv6 only when its socket opened). A downlink equal to
+/// the uplink GROUP:PORT is refused: members would take the relay's group
+/// traffic for their own, and the relay would read its own datagrams.
+fn downlinks_for(
+    given: Vec<SocketAddr>,
+    listen: &Listen,
+    udp: &mcrelay::UdpSockets,
+) -> Result<Vec<SocketAddr>, String> {
+    let port = udp
+        .v4
+        .iter()
+        .chain(&udp.v6)
+        .next()
+        .map(|s| s.local_addr().map(|a| a.port()))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or(listen.port);
+    let downlinks = if given.is_empty() {
+        let Some(down) = port.checked_add(2) else {
+            return Err(format!(
+                "--port {port} leaves no room for the default downlink port; give --downlink"
+            ));
+        };
+        let v4 = listen.group_v4.map(|g| SocketAddr::from((g, down)));
+        let v6 = listen
+            .group_v6
+            .filter(|_| udp.v6.is_some())
+            .map(|g| SocketAddr::from((g, down)));
+        v4.into_iter().chain(v6).collect()
+    } else {
+        given
+    };
+    for d in &downlinks {
+        let uplink = [
+            listen.group_v4.map(IpAddr::V4),
+            listen.group_v6.map(IpAddr::V6),
+        ];
+        if d.port() == port && uplink.contains(&Some(d.ip())) {
+            return Err(format!(
+                "--downlink {d} is the uplink GROUP:PORT; give the downlink a port of its own"
+            ));
+        }
+        if d.is_ipv6() && udp.v6.is_none() {
+            return Err(format!("--downlink {d}: this host has no IPv6 socket"));
+        }
+    }
+    Ok(downlinks)
 }
 
 /// Parses an optional flag that must lie in `range`; the error names the flag.

@@ -71,7 +71,7 @@ const COMMANDS: [&str; 11] = [
 
 const HELP: &str = "\
 help               this list
-clients            one line per client: id, idle seconds, messages/bytes in and out, partial fragments
+clients            one line per client: id, idle seconds, messages/bytes in and out, partial fragments, mode (v1, v2, group)
 stats              counters, one `name value` per line
 stats prometheus   the same in the Prometheus text format (0.0.4)
 kick ID            remove client ID (ip:port); the others are told it was kicked
@@ -582,14 +582,15 @@ impl Admin {
                         continue;
                     }
                     text.push_str(&format!(
-                        "{} idle={} in={}/{} out={}/{} partials={}\n",
+                        "{} idle={} in={}/{} out={}/{} partials={} mode={}\n",
                         c.id,
                         c.idle.as_secs(),
                         c.msgs_in,
                         c.bytes_in,
                         c.msgs_out,
                         c.bytes_out,
-                        c.partials
+                        c.partials,
+                        c.mode
                     ));
                 }
                 if more > 0 {

@@ -36,6 +36,9 @@ pub struct IfaceInfo {
     pub index: u32,
     /// IFF_UP and IFF_RUNNING... as far as the flags say it can carry traffic.
     pub up: bool,
+    /// IFF_MULTICAST: IPv6 multicast is delivered only on such interfaces
+    /// (IPv4 on loopback works without it, IPv6 does not).
+    pub multicast: bool,
     /// IPv4 addresses.
     pub v4: Vec<Ipv4Addr>,
     /// IPv6 addresses.
@@ -72,6 +75,7 @@ pub fn snapshot() -> io::Result<Vec<IfaceInfo>> {
         });
         let flags = ifa.ifa_flags;
         entry.up = flags & libc::IFF_UP as u32 != 0 && flags & libc::IFF_RUNNING as u32 != 0;
+        entry.multicast = flags & libc::IFF_MULTICAST as u32 != 0;
         if ifa.ifa_addr.is_null() {
             continue;
         }
@@ -348,6 +352,23 @@ impl Memberships {
             .collect()
     }
 
+    /// Where a group is joined now, each (family, interface) once: the
+    /// interfaces the group mode downlink sends on.
+    pub fn joined(&self) -> Vec<JoinTarget> {
+        let mut v: Vec<JoinTarget> = self
+            .served
+            .iter()
+            .flat_map(|s| [&s.v4, &s.v6])
+            .filter_map(|state| match state {
+                FamilyState::Joined(t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// True when at least one group is joined somewhere.
     #[cfg(test)]
     pub fn any_joined(&self) -> bool {
@@ -375,6 +396,7 @@ fn want_v6(spec: &IfaceSpec, found: Option<&IfaceInfo>) -> Result<JoinTarget, &'
         (_, None) => Err("no such interface"),
         (_, Some(i)) if !i.up => Err("interface down"),
         (_, Some(i)) if i.v6.is_empty() => Err("no IPv6 address"),
+        (_, Some(i)) if !i.multicast => Err("no multicast on this interface"),
         (_, Some(i)) => Ok(JoinTarget::V6(i.index)),
     }
 }
@@ -457,6 +479,7 @@ mod tests {
             name: "lan0.20".into(),
             index,
             up,
+            multicast: true,
             v4: v4.to_vec(),
             v6: if v6 {
                 vec!["fe80::1".parse().unwrap()]
@@ -515,6 +538,7 @@ mod tests {
         );
         // Nothing changed: nothing done.
         assert!(m.reconcile(&[lan(7, true, &[a], true)], &mut s).is_empty());
+        assert_eq!(m.joined(), [JoinTarget::V4(7), JoinTarget::V6(7)]);
     }
 
     #[test]
@@ -547,8 +571,10 @@ mod tests {
         assert!(m.describe()[0].contains("v6 error ("), "{:?}", m.describe());
         // The same failure again is not logged again.
         assert_eq!(m.reconcile(&[lan(7, true, &[a], true)], &mut s).len(), 0);
+        assert_eq!(m.joined(), [JoinTarget::V4(7)], "v6 failed: not joined");
         m.reconcile(&[lan(7, false, &[a], true)], &mut s);
         assert!(s.joined.is_empty());
+        assert!(m.joined().is_empty());
         assert!(m.describe()[0].starts_with("10.0.20.1 v4 waiting (interface down)"));
     }
 

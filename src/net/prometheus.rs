@@ -96,6 +96,41 @@ const ADMIN_CLOSED_HELP: &str = "Admin sessions the relay closed, by reason.";
 
 /// Every plain `stats` name the exposition knows (the `drop_` ones aside).
 pub const METRICS: &[Metric] = &[
+    counter(
+        "group_data_sent",
+        "mcrelay_group_data_sent_total",
+        "Signed GROUP_DATA datagrams sent to a downlink (one per interface).",
+    ),
+    counter(
+        "rekeys",
+        "mcrelay_group_rekeys_total",
+        "Fresh group keys drawn because a member left.",
+    ),
+    counter(
+        "ratchets",
+        "mcrelay_group_ratchets_total",
+        "Join ratchet steps of the group key.",
+    ),
+    counter(
+        "key_requests_answered",
+        "mcrelay_group_key_requests_answered_total",
+        "KEY_REQUESTs answered with GROUP_KEY tokens.",
+    ),
+    counter(
+        "probes_answered",
+        "mcrelay_group_probes_answered_total",
+        "Downlink probes sent to the group.",
+    ),
+    gauge(
+        "members_group",
+        "mcrelay_group_members",
+        "Clients served through the group downlink.",
+    ),
+    gauge(
+        "group_epoch",
+        "mcrelay_group_epoch",
+        "The group key's epoch.",
+    ),
     gauge(
         "uptime",
         "mcrelay_uptime_seconds",

@@ -1,9 +1,11 @@
 //! The IO shell: one `mio::Poll` loop that owns the UDP sockets (one per
 //! family), the admin channel and the signal pipes, feeds datagrams and
-//! timer ticks to the sans-IO [`Relay`] and sends what it returns. It holds
-//! no protocol logic of its own. It also keeps the multicast memberships in
-//! step with the interfaces (`net::iface`), looking again every
-//! `iface::RECHECK`.
+//! timer ticks to the sans-IO [`Relay`] and sends what it returns: unicast
+//! on the socket of its family, and group mode's multicast GROUP_DATA
+//! through the downlink sockets, once per served interface
+//! (`net::downlink`). It holds no protocol logic of its own. It also keeps
+//! the multicast memberships in step with the interfaces (`net::iface`),
+//! looking again every `iface::RECHECK`; the downlink follows them.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
 use crate::net::admin::{Action, Admin};
+use crate::net::downlink::Downlink;
 use crate::net::iface::{self, Memberships};
 use crate::net::socket::{Listen, SocketJoiner, UdpSockets};
 use crate::relay::{Relay, Transmits};
@@ -68,6 +71,7 @@ pub struct Server {
     udp4: Option<UdpSocket>,
     udp6: Option<UdpSocket>,
     memberships: Memberships,
+    downlink: Downlink,
     recheck_at: Instant,
     signals: Signals,
     relay: Relay,
@@ -80,6 +84,7 @@ pub struct Server {
 impl Server {
     /// Wraps the opened sockets and a relay core; `listen` says which
     /// groups to keep joined on which interfaces (joined on the first turn).
+    /// Opens the downlink sockets for the relay's downlinks.
     pub fn new(
         udp: UdpSockets,
         listen: &Listen,
@@ -88,6 +93,8 @@ impl Server {
         admin: Option<Admin>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
+        let downlink =
+            Downlink::open(relay.downlinks(), listen.downlink_ttl).map_err(io::Error::other)?;
         let mut udp4 = udp.v4.map(UdpSocket::from_std);
         let mut udp6 = udp.v6.map(UdpSocket::from_std);
         let mut signals = signals;
@@ -109,6 +116,7 @@ impl Server {
             udp4,
             udp6,
             memberships: Memberships::new(listen.group_v4, listen.group_v6, &listen.ifaces),
+            downlink,
             recheck_at: Instant::now(),
             signals,
             relay,
@@ -122,6 +130,11 @@ impl Server {
     /// Sets what SIGHUP does.
     pub fn on_reload(&mut self, reload: Reload) {
         self.reload = Some(reload);
+    }
+
+    /// The group mode downlinks (none with group mode off).
+    pub fn downlinks(&self) -> Vec<SocketAddr> {
+        self.relay.downlinks().to_vec()
     }
 
     /// The bound UDP addresses (IPv4 first).
@@ -148,11 +161,20 @@ impl Server {
             v4: self.udp4.as_ref(),
             v6: self.udp6.as_ref(),
         };
+        let mut changed = false;
         for change in self.memberships.reconcile(&snapshot, &mut joiner) {
+            changed = true;
             match change {
                 iface::Change::Failed(..) | iface::Change::Waiting(..) => warn!("{change}"),
                 _ => info!("{change}"),
             }
+        }
+        self.downlink
+            .set_interfaces(&self.memberships.joined(), &snapshot);
+        let (v4, v6) = self.downlink.interfaces();
+        self.relay.set_downlink_up(v4 > 0, v6 > 0);
+        if changed && !self.relay.downlinks().is_empty() {
+            info!("group mode downlink goes out on {v4} IPv4 and {v6} IPv6 interfaces");
         }
         if let Some(admin) = self.admin.as_mut() {
             admin.set_ifaces(self.memberships.describe());
@@ -298,7 +320,10 @@ impl Server {
         // delivery's cost, so one kernel entry per batch, not per datagram.
         // Each family goes out of its own socket.
         for (sock, v4) in [(&self.udp4, true), (&self.udp6, false)] {
-            let mine = self.out.iter().filter(|(dst, _)| dst.is_ipv4() == v4);
+            let mine = self
+                .out
+                .iter()
+                .filter(|(dst, _)| dst.is_ipv4() == v4 && !dst.ip().is_multicast());
             let Some(sock) = sock else {
                 errors += mine.count() as u64;
                 continue;
@@ -310,6 +335,13 @@ impl Server {
                 log::debug!("udp send to {dst}: {e}");
             });
         }
+        // Group mode: the core queues each GROUP_DATA once per downlink;
+        // it goes out once per served interface.
+        let group = self.out.iter().filter(|(dst, _)| dst.ip().is_multicast());
+        self.downlink.send(group, |dst, e| {
+            errors += 1;
+            log::debug!("downlink send to {dst}: {e}");
+        });
         self.relay.stats_mut().send_errors += errors;
         self.out.clear();
     }

@@ -35,6 +35,8 @@ pub struct Listen {
     pub ifaces: Vec<IfaceSpec>,
     /// SO_RCVBUF, if set.
     pub recv_buffer: Option<usize>,
+    /// Multicast TTL (IPv4) and hop limit (IPv6) of the group mode downlink.
+    pub downlink_ttl: u32,
 }
 
 impl Default for Listen {
@@ -45,6 +47,7 @@ impl Default for Listen {
             group_v6: Some(DEFAULT_GROUP_V6),
             ifaces: vec![IfaceSpec::Any],
             recv_buffer: None,
+            downlink_ttl: 1,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The client table: registered clients by slot and by address, their
 //! [`ClientId`], and the snapshot the admin channel shows.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{AddrParseError, IpAddr, SocketAddr};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::relay::admission::host_of;
-use crate::session::Session;
+use crate::session::{fernet, Session};
+use crate::wire::handshake::{CAP_GROUP, CAP_RAW};
 
 /// Who a client is, as the relay and its peers name it: its source address
 /// as the relay sees it. Written `ip:port` (`[v6addr]:port` for IPv6), the
@@ -68,6 +70,47 @@ pub(super) struct Client {
     pub(super) bytes_in: u64,
     pub(super) msgs_out: u64,
     pub(super) bytes_out: u64,
+    /// The handshake that made `session`: 1 (SESSION_KEY) or 2 (SESSION_KEY2).
+    pub(super) version: u8,
+    /// Capabilities granted by a v2 handshake (0 for v1).
+    pub(super) caps: u32,
+    /// The downlink (index into `Config::downlinks`) it listens on while it
+    /// is a group member; None outside group mode.
+    pub(super) downlink: Option<usize>,
+    /// When its last KEY_REQUEST was answered (one answer a second).
+    pub(super) key_answered: Option<Instant>,
+}
+
+impl Client {
+    /// Seals `SEQ | fill` in this client's session and returns the token in
+    /// the form its session asked for: raw bytes with RAW (v2 §4), base64
+    /// text otherwise. `buf` holds the raw token afterwards.
+    pub(super) fn seal<'b>(
+        &mut self,
+        unix_secs: u64,
+        iv: [u8; 16],
+        buf: &'b mut Vec<u8>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Cow<'b, [u8]> {
+        self.session.seal_raw(unix_secs, iv, buf, fill);
+        if self.caps & CAP_RAW != 0 {
+            Cow::Borrowed(buf.as_slice())
+        } else {
+            Cow::Owned(fernet::to_text(buf).into_bytes())
+        }
+    }
+
+    /// How the admin channel names its mode: `v1`, `v2`, or `group`.
+    pub(super) fn mode(&self) -> &'static str {
+        match (
+            self.version,
+            self.caps & CAP_GROUP != 0 && self.downlink.is_some(),
+        ) {
+            (_, true) => "group",
+            (1, _) => "v1",
+            _ => "v2",
+        }
+    }
 }
 
 /// A client as the admin channel shows it.
@@ -87,6 +130,8 @@ pub struct ClientInfo {
     pub bytes_out: u64,
     /// Partial fragmented messages held for it.
     pub partials: usize,
+    /// `v1`, `v2` (a v2 session outside group mode) or `group`.
+    pub mode: &'static str,
 }
 
 /// Registered clients in a slab (stable slots for timers), indexed by

@@ -5,6 +5,7 @@
 
 pub mod credentials;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +45,19 @@ pub struct Config {
     pub reject_rate: u32,
     /// REJECTs per second in total.
     pub reject_global_rate: u32,
+    /// Grant group mode (protocol v2 §4) to v2 clients that ask for it.
+    pub group_mode: bool,
+    /// Where GROUP_DATA goes, at most one address per family: a member is
+    /// told the downlink of its own address family (and is granted group
+    /// mode only if there is one). The shell sends each datagram for a
+    /// downlink once per served interface.
+    pub downlinks: Vec<SocketAddr>,
 }
+
+/// The default downlink: the default group 239.255.0.77 at the default
+/// port 5007 + 2 (the shell derives it from the real group and port).
+pub const DEFAULT_DOWNLINK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(239, 255, 0, 77)), 5009);
 
 impl Default for Config {
     fn default() -> Self {
@@ -63,6 +76,8 @@ impl Default for Config {
             rsa_rate: 200,
             reject_rate: 2,
             reject_global_rate: 1000,
+            group_mode: true,
+            downlinks: vec![DEFAULT_DOWNLINK],
         }
     }
 }

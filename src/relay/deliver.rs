@@ -1,6 +1,7 @@
 //! What members send once registered: tokens (DATA relayed to every other
 //! member, KEEPALIVE, BYE), fragments reassembled into payloads, and the
-//! fan-out that seals one plaintext tail for each receiver. Leaving (BYE,
+//! fan-out that seals one plaintext tail for each receiver outside group
+//! mode (group members get the one GROUP_DATA of `group`). Leaving (BYE,
 //! timeout, kick) lives here too, since it is announced by fan-out.
 
 use std::time::Instant;
@@ -16,7 +17,7 @@ use crate::relay::{Event, Relay, Transmits};
 use crate::session::Direction;
 use crate::wire::fragment::FragmentHeader;
 use crate::wire::outer::TokenKind;
-use crate::wire::{inner, outer, tlv, Inner, LeaveReason};
+use crate::wire::{inner, tlv, Inner, LeaveReason};
 
 impl Relay {
     /// Opens a token from the member in `slot` and acts on it.
@@ -38,6 +39,11 @@ impl Relay {
         match kind {
             TokenKind::Data => {
                 let body = Inner::parse(&plain)?.body.ok_or(Drop::NoBody)?;
+                // Before the tail is built: settling may send notices.
+                self.settle(out);
+                let Some(c) = self.clients.get(slot) else {
+                    return Err(Drop::Stranger);
+                };
                 self.tail.clear();
                 tlv::put(&mut self.tail, inner::SENDER_ID, c.id_text.as_bytes());
                 if body.len() + self.tail.len() + tlv::HEADER_LEN > tlv::MAX_VALUE_LEN {
@@ -45,12 +51,19 @@ impl Relay {
                 }
                 tlv::put(&mut self.tail, inner::BODY, body);
                 self.stats.messages_relayed += 1;
-                let n = self.fan_out(Some(slot), outer::DATA, out)?;
+                let n = self.broadcast(Some(slot), out)?;
                 self.stats.deliveries += n as u64;
             }
-            TokenKind::Bye => self.remove(slot, LeaveReason::Bye, out),
-            // KEEPALIVE: last_seen is all it does. WELCOME never gets here.
-            TokenKind::Keepalive | TokenKind::Welcome => {}
+            TokenKind::Bye => self.remove(slot, LeaveReason::Bye),
+            // KEEPALIVE: last_seen, and in v2 a member's KEY_REQUEST or
+            // PROBE. WELCOME never gets here.
+            TokenKind::Keepalive => {
+                let m = Inner::parse(&plain)?;
+                if m.key_request.is_some() || m.probe {
+                    self.group_request(now, slot, m.key_request, m.probe, out)?;
+                }
+            }
+            TokenKind::Welcome => {}
         }
         Ok(())
     }
@@ -88,12 +101,13 @@ impl Relay {
         Ok(())
     }
 
-    /// Seals `self.tail` (after a fresh SEQ) for every client but `skip`
-    /// and queues it as an outer `kind`. Returns how many were queued.
+    /// Seals `self.tail` (after a fresh SEQ) for every client outside
+    /// group mode but `skip` and queues it as an outer `kind`, raw for
+    /// sessions that asked for RAW. Returns how many were queued.
     ///
     /// # Errors
-    /// [`Drop::Oversize`] when the sealed tail is too long to frame: every
-    /// copy has the same length, so none is sent.
+    /// [`Drop::Oversize`] when a sealed tail is too long to frame: every
+    /// copy of one form has the same length, so none of that form is sent.
     pub(super) fn fan_out(
         &mut self,
         skip: Option<usize>,
@@ -101,24 +115,26 @@ impl Relay {
         out: &mut Transmits,
     ) -> Result<usize, Drop> {
         let mut n = 0;
+        if self.clients.len() == self.group.len() {
+            return Ok(0); // all in group mode: the walk would find no one
+        }
         let Relay {
             clients,
             emitter,
             tail,
+            sealed,
             stats,
             rng,
             unix,
             ..
         } = self;
         for (slot, c) in clients.iter_mut() {
-            if Some(slot) == skip {
+            if Some(slot) == skip || c.downlink.is_some() {
                 continue;
             }
-            let token = c
-                .session
-                .seal(unix.unix_secs(), rng.random(), &mut emitter.plain, |p| {
-                    p.extend_from_slice(tail)
-                });
+            let token = c.seal(unix.unix_secs(), rng.random(), sealed, |p| {
+                p.extend_from_slice(tail)
+            });
             let bytes = emitter
                 .token(c.id.addr(), kind, &token, out, stats)
                 .map_err(|_| Drop::Oversize)?;
@@ -129,19 +145,23 @@ impl Relay {
         Ok(n)
     }
 
-    /// Sends the notice in `self.tail` to every client but `skip`. Notices
-    /// are short; one that cannot be framed is counted like any message.
+    /// Sends the notice in `self.tail` to every client but `skip` (through
+    /// the group to its members). Notices are short; one that cannot be
+    /// framed is counted like any message.
     pub(super) fn notify(&mut self, skip: Option<usize>, out: &mut Transmits) {
-        if let Err(why) = self.fan_out(skip, outer::DATA, out) {
+        if let Err(why) = self.broadcast(skip, out) {
             self.dropped(None, why, 1, out);
         }
     }
 
-    /// Forgets the client in `slot` and tells the others why.
-    pub(super) fn remove(&mut self, slot: usize, reason: LeaveReason, out: &mut Transmits) {
+    /// Forgets the client in `slot` and tells the others why. The notice
+    /// waits for the end of the input (`Relay::settle`): a member's leave
+    /// moves the group key on, and the notice goes out under the new one.
+    pub(super) fn remove(&mut self, slot: usize, reason: LeaveReason) {
         let Some(c) = self.clients.remove(slot) else {
             return;
         };
+        self.member_removed(c.downlink);
         self.reassembler.remove_owner(c.generation);
         match reason {
             LeaveReason::Bye => self.stats.clients_left += 1,
@@ -153,7 +173,7 @@ impl Relay {
         self.tail.clear();
         tlv::put(&mut self.tail, inner::PEER_LEFT, c.id_text.as_bytes());
         tlv::put_u8(&mut self.tail, inner::REASON, reason as u8);
-        self.notify(None, out);
+        self.queue_left_notice();
         self.events.push(Event::Left { id: c.id, reason });
     }
 }

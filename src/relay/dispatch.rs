@@ -59,8 +59,17 @@ impl Relay {
                 self.dropped(Some(turn), why, 1, out);
             }
         }
-        if let Some(k) = d.session_key {
-            if let Err(why) = self.handle_session_key(now, turn.src, k, out) {
+        // One handshake per datagram: a SESSION_KEY2 (v2) wins over a
+        // SESSION_KEY beside it, so one datagram costs one RSA decryption.
+        let handshake = match (d.session_key2, d.session_key) {
+            (Some(k2), k1) => {
+                self.dropped(Some(turn), Drop::Repeated, usize::from(k1.is_some()), out);
+                Some((k2, true))
+            }
+            (None, k1) => k1.map(|k| (k, false)),
+        };
+        if let Some((k, bound)) = handshake {
+            if let Err(why) = self.handle_session_key(now, turn.src, k, bound, out) {
                 self.dropped(Some(turn), why, 1, out);
             }
         }

@@ -153,8 +153,18 @@ drops! {
         ServerFull = "handshake_server_full", reject ServerFull;
         /// Its host holds `max_clients_per_ip` sessions already.
         IpFull = "handshake_ip_full", reject ServerFull;
+        /// A SESSION_KEY2 while the set of bound handshakes seen is full
+        /// of digests whose cookies may still be valid (v2 §3).
+        SeenFull = "handshake_seen_full";
         /// The RSA decryption failed.
         RsaDecrypt = "handshake_rsa_decrypt", reject AuthFailed;
+        /// A SESSION_KEY2 whose BIND is missing or not its datagram's COOKIE:
+        /// made for another address or an older cookie epoch (v2 §3).
+        BindMismatch = "handshake_bind_mismatch", reject BadCookie;
+        /// A SESSION_KEY2 plaintext that breaks the handshake TLV rules
+        /// (framing, a type twice, FERNET_KEY missing or of the wrong size,
+        /// a CAPS or CREDENTIAL of the wrong size).
+        BadHandshake = "handshake_bad_plaintext", reject AuthFailed;
         /// The plaintext holds no valid Fernet key.
         BadFernetKey = "handshake_bad_fernet_key", reject AuthFailed;
         /// The access token is missing or wrong.
@@ -173,6 +183,11 @@ drops! {
         Reflected = "token_reflected";
         /// A DATA token without a BODY.
         NoBody = "token_no_body";
+        /// A KEY_REQUEST or PROBE from a client outside group mode.
+        NotGroupMember = "group_not_member";
+        /// A KEY_REQUEST within a second of the last one answered for
+        /// that member.
+        KeyRequestLimited = "group_key_request_limited";
         /// A message too large to relay within the protocol's limits.
         Oversize = "oversize";
         [

@@ -1,7 +1,10 @@
-//! The handshake: HELLO answered with SERVER_KEY+COOKIE, COOKIE+SESSION_KEY
-//! checked cheapest first (cookie, replay, per-address and per-IP limits,
-//! table room, RSA budget: see `admission`) before the RSA decryption, then
-//! the client registered and welcomed.
+//! The handshake: HELLO answered with SERVER_KEY+COOKIE+VERSIONS,
+//! COOKIE+SESSION_KEY (v1) or COOKIE+SESSION_KEY2 (v2 §3, bound to its
+//! cookie) checked cheapest first (cookie, replay, per-address and per-IP
+//! limits, table room, RSA budget: see `admission`) before the RSA
+//! decryption, then the client registered and welcomed; a v2 WELCOME
+//! carries the capabilities granted and, in group mode, the group's key,
+//! downlink and signer.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -17,9 +20,14 @@ use crate::relay::drop::Drop;
 use crate::relay::seen;
 use crate::relay::{Event, Relay, Timer, Transmits};
 use crate::session::Session;
+use crate::wire::handshake::{self, Handshake, CAP_GROUP};
+use crate::wire::inner::{put_group_addr, put_group_key};
 use crate::wire::outer::{self, Keyed};
 use crate::wire::{self, inner, tlv};
 use crate::wire::{FERNET_KEY_LEN, MIN_HELLO_LEN};
+
+/// The protocol versions this relay speaks: the VERSIONS value (v2 §2).
+pub(super) const VERSIONS: [u8; 2] = [1, 2];
 
 /// How often a lost WELCOME may be sent again.
 const WELCOME_RESEND: Duration = Duration::from_secs(1);
@@ -48,6 +56,9 @@ impl Relay {
         d.clear();
         tlv::put(d, outer::SERVER_KEY, self.key.public_der());
         tlv::put(d, outer::COOKIE, &self.cookies.issue(turn.src));
+        // v2 §2: the versions spoken, so that a v2 client knows to use
+        // SESSION_KEY2 (and never falls back); v1 clients skip the type.
+        tlv::put(d, outer::VERSIONS, &VERSIONS);
         // Anti-amplification: never more than 3× what an unvalidated address sent.
         if d.len() > len.saturating_mul(3) {
             return Err(Drop::Amplification);
@@ -60,25 +71,31 @@ impl Relay {
         Ok(())
     }
 
-    /// Handles the datagram's first SESSION_KEY and the COOKIE beside it.
+    /// Handles the datagram's first SESSION_KEY (`bound` false) or
+    /// SESSION_KEY2 (`bound`, protocol v2 §3) and the COOKIE beside it. The
+    /// checks run in the contract's order and stop at the first failure:
+    /// cookie, seen ciphertexts, per-source limits (and table room), RSA
+    /// budget, RSA decryption, then for v2 BIND, FERNET_KEY, CREDENTIAL.
     pub(super) fn handle_session_key(
         &mut self,
         now: Instant,
         src: SocketAddr,
         k: Keyed<'_>,
+        bound: bool,
         out: &mut Transmits,
     ) -> Result<(), Drop> {
         let ciphertext = k.value;
         // Cheap checks first; RSA (~2 ms) only for validated, rate-limited sources.
-        if !k.cookie.is_some_and(|c| self.cookies.check(src, c)) {
-            return Err(Drop::BadCookie);
-        }
+        let cookie = k
+            .cookie
+            .filter(|c| self.cookies.check(src, c))
+            .ok_or(Drop::BadCookie)?;
         // A SESSION_KEY is accepted once: a replay would re-key (both SEQ
         // windows restart, so old tokens pass again) or register the key
         // again elsewhere or later. Before RSA, and silent, except to the
         // client it registered, whose WELCOME may have been lost.
         let digest = seen::digest(ciphertext);
-        if self.seen_session_keys.contains(now, digest) {
+        if self.seen_session_keys.contains(now, digest) || self.seen_bound.contains(now, digest) {
             return self.welcome_again(now, src, digest, out);
         }
         self.admission.limit(now, &src)?;
@@ -92,11 +109,32 @@ impl Relay {
                 return Err(Drop::IpFull);
             }
         }
+        if bound && !self.seen_bound.has_room(now) {
+            return Err(Drop::SeenFull);
+        }
         self.admission.spend(now, existing.is_some())?;
         let plain = self
             .key
             .decrypt(&mut self.rng, ciphertext)
             .ok_or(Drop::RsaDecrypt)?;
+        let (session, asked) = if bound {
+            let (session, caps) = self.open_bound(&plain, cookie)?;
+            (session, Some(caps))
+        } else {
+            (self.open_v1(&plain)?, None)
+        };
+        if bound {
+            self.seen_bound.insert(now, digest);
+        } else {
+            self.seen_session_keys.insert(now, digest);
+        }
+        let caps = asked.map(|a| self.grant(a, src));
+        self.register(now, src, session, digest, existing, caps, out);
+        Ok(())
+    }
+
+    /// A v1 plaintext: the 44-byte Fernet key, then the access token.
+    fn open_v1(&self, plain: &[u8]) -> Result<Session, Drop> {
         let session = plain
             .get(..FERNET_KEY_LEN)
             .and_then(|k| std::str::from_utf8(k).ok())
@@ -108,9 +146,40 @@ impl Relay {
                 return Err(Drop::BadAccessToken);
             }
         }
-        self.seen_session_keys.insert(now, digest);
-        self.register(now, src, session, digest, existing, out);
-        Ok(())
+        Ok(session)
+    }
+
+    /// A v2 plaintext (handshake TLVs) whose BIND must be `cookie`, the
+    /// COOKIE of its own datagram. Returns the session and the
+    /// capabilities asked for.
+    fn open_bound(&self, plain: &[u8], cookie: &[u8]) -> Result<(Session, u32), Drop> {
+        let h = match Handshake::parse(plain) {
+            Ok(h) if ct_eq(h.bind, cookie) => h,
+            Ok(_) => return Err(Drop::BindMismatch),
+            Err(_) => {
+                // BIND is checked before the other fields: a plaintext
+                // without this datagram's COOKIE as BIND is a mismatch,
+                // whatever else is wrong with it.
+                let bound = tlv::Reader::new(plain)
+                    .map_while(Result::ok)
+                    .any(|t| t.kind == handshake::BIND && ct_eq(t.value, cookie));
+                return Err(if bound {
+                    Drop::BadHandshake
+                } else {
+                    Drop::BindMismatch
+                });
+            }
+        };
+        let session = std::str::from_utf8(h.fernet_key)
+            .ok()
+            .and_then(Session::new)
+            .ok_or(Drop::BadFernetKey)?;
+        if let Some(want) = &self.config.access_token {
+            if !h.credential.is_some_and(|c| ct_eq(want, c)) {
+                return Err(Drop::BadAccessToken);
+            }
+        }
+        Ok((session, h.caps))
     }
 
     /// A repeat of a SESSION_KEY ciphertext: if it registered the session
@@ -143,6 +212,13 @@ impl Relay {
         Ok(())
     }
 
+    /// Registers (or re-keys) the client at `src` and welcomes it. `caps`
+    /// is what a v2 handshake was granted (None for v1). Group mode order
+    /// (v2 §4): a pending rekey first; for a new session granted GROUP its
+    /// PEER_JOINED under the current epoch, then the ratchet, then the
+    /// WELCOME with the new key only; a re-handshake that drops GROUP is a
+    /// leave (rekeyed at the end of the input, no PEER_LEFT).
+    #[allow(clippy::too_many_arguments)]
     fn register(
         &mut self,
         now: Instant,
@@ -150,9 +226,13 @@ impl Relay {
         session: Session,
         session_key: u64,
         existing: Option<usize>,
+        caps: Option<u32>,
         out: &mut Transmits,
     ) {
+        self.settle(out);
+        let group = caps.is_some_and(|c| c & CAP_GROUP != 0);
         let generation = self.clients.next_generation();
+        let (version, caps) = (if caps.is_some() { 2 } else { 1 }, caps.unwrap_or(0));
         let (slot, rekeyed) = match existing.and_then(|s| self.clients.get_mut(s).map(|c| (s, c))) {
             Some((slot, c)) => {
                 self.reassembler.remove_owner(c.generation);
@@ -160,6 +240,9 @@ impl Relay {
                 c.session_key = session_key;
                 c.generation = generation;
                 c.last_seen = now;
+                c.version = version;
+                c.caps = caps;
+                c.key_answered = None;
                 (slot, true)
             }
             None => {
@@ -176,6 +259,10 @@ impl Relay {
                     bytes_in: 0,
                     msgs_out: 0,
                     bytes_out: 0,
+                    version,
+                    caps,
+                    downlink: None,
+                    key_answered: None,
                 });
                 (slot, false)
             }
@@ -185,37 +272,89 @@ impl Relay {
             Timer::Idle { slot, generation },
         );
         self.stats.handshakes_completed += 1;
-        let Some(c) = self.clients.get_mut(slot) else {
+        let Some(id_text) = self.clients.get(slot).map(|c| c.id_text.clone()) else {
             return;
         };
-        let plain = &mut self.emitter.plain;
-        let (unix_secs, iv) = (self.unix.unix_secs(), self.rng.random());
-        let token = c.session.seal(unix_secs, iv, plain, |p| {
-            tlv::put(p, inner::CLIENT_ID, c.id_text.as_bytes())
+        // Out of the group while the notice and the ratchet happen; back in
+        // below if this WELCOME grants GROUP.
+        let was_member = self.drop_member(slot);
+        let joined = |tail: &mut Vec<u8>| {
+            tail.clear();
+            tlv::put(tail, inner::PEER_JOINED, id_text.as_bytes());
+        };
+        let downlink = if group {
+            if !rekeyed {
+                joined(&mut self.tail);
+                self.notify(Some(slot), out);
+            }
+            self.ratchet(out);
+            self.add_member(slot)
+        } else {
+            if was_member {
+                self.group.sender.leave();
+            }
+            None
+        };
+        self.welcome(now, slot, downlink, out);
+        info!(
+            "client {id_text} {} ({})",
+            if rekeyed { "re-keyed" } else { "joined" },
+            self.clients.get(slot).map_or("", |c| c.mode())
+        );
+        if !rekeyed && !group {
+            joined(&mut self.tail);
+            self.notify(Some(slot), out);
+        }
+        let id = ClientId::new(src);
+        self.events.push(Event::Joined { id, rekeyed });
+    }
+
+    /// Seals and sends the WELCOME of the session in `slot`, and keeps the
+    /// datagram for a resend: `SEQ CLIENT_ID`, and for v2 `CAPS`, with the
+    /// group's key, downlink and signer when it is a member on `downlink`.
+    fn welcome(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        downlink: Option<SocketAddr>,
+        out: &mut Transmits,
+    ) {
+        let (epoch, key) = (self.group.sender.epoch(), self.group.sender.key_text());
+        let signer = self.group.sender.signer_public();
+        let Relay {
+            clients,
+            emitter,
+            sealed,
+            stats,
+            rng,
+            unix,
+            ..
+        } = self;
+        let Some(c) = clients.get_mut(slot) else {
+            return;
+        };
+        let (version, caps, id_text) = (c.version, c.caps, c.id_text.clone());
+        let token = c.seal(unix.unix_secs(), rng.random(), sealed, |p| {
+            tlv::put(p, inner::CLIENT_ID, id_text.as_bytes());
+            if version < 2 {
+                return;
+            }
+            tlv::put(p, inner::CAPS, &caps.to_be_bytes());
+            if let Some(addr) = downlink {
+                put_group_key(p, epoch, key.as_bytes());
+                put_group_addr(p, addr);
+                tlv::put(p, inner::GROUP_SIGNER, &signer);
+            }
         });
-        let id = c.id.clone();
-        self.tail.clear();
-        tlv::put(&mut self.tail, inner::PEER_JOINED, c.id_text.as_bytes());
         c.welcome = Box::default();
-        match self
-            .emitter
-            .token(src, outer::WELCOME, &token, out, &mut self.stats)
-        {
+        match emitter.token(c.id.addr(), outer::WELCOME, &token, out, stats) {
             Ok(n) => {
                 c.msgs_out += 1;
                 c.bytes_out += n as u64;
-                c.welcome = self.emitter.datagram.as_slice().into();
+                c.welcome = emitter.datagram.as_slice().into();
                 c.welcome_sent = now;
             }
             Err(_) => self.dropped(None, Drop::Oversize, 1, out),
         }
-        info!(
-            "client {id} {}",
-            if rekeyed { "re-keyed" } else { "joined" }
-        );
-        if !rekeyed {
-            self.notify(Some(slot), out);
-        }
-        self.events.push(Event::Joined { id, rekeyed });
     }
 }

@@ -22,10 +22,13 @@
 //! # Inside
 //! - `dispatch`: one datagram, parsed once, bounded in what it may cost
 //!   and what it may be answered with.
-//! - `handshake`: HELLO and SESSION_KEY, cheap checks before RSA.
+//! - `handshake`: HELLO, SESSION_KEY and the bound SESSION_KEY2 (v2),
+//!   cheap checks before RSA.
 //! - `admission`: who may cost an RSA decryption, fairly between hosts.
 //! - `seen`: the SESSION_KEYs that registered a session (no replays).
 //! - `deliver`: tokens from members, fragments, fan-out, leaving.
+//! - `group`: group mode (v2 §4): one signed GROUP_DATA for all members,
+//!   rekeys on leaves, ratchets on joins, key requests and probes.
 //! - `clients`: the client table.
 //! - `transmit`: output framing and fragmenting.
 //! - [`drop`]: why an input was dropped, counted in one place.
@@ -40,6 +43,7 @@ pub mod cookie;
 mod deliver;
 mod dispatch;
 pub mod drop;
+mod group;
 mod handshake;
 mod seen;
 pub mod stats;
@@ -66,6 +70,7 @@ use admission::Admission;
 use clients::ClientTable;
 use cookie::CookieJar;
 use dispatch::Turn;
+use group::Group;
 use seen::SeenSessionKeys;
 use transmit::Emitter;
 
@@ -102,8 +107,13 @@ pub enum Event {
 
 #[derive(Clone, Copy, Debug)]
 enum Timer {
-    Idle { slot: usize, generation: u64 },
+    Idle {
+        slot: usize,
+        generation: u64,
+    },
     FragmentGc,
+    /// A downlink probe waits for its turn (`group::PROBE_INTERVAL`).
+    Probe,
 }
 
 /// The relay: client table, handshake, relay, fragments and timers.
@@ -112,7 +122,10 @@ pub struct Relay {
     key: ServerKey,
     cookies: CookieJar,
     seen_session_keys: SeenSessionKeys,
+    /// The SESSION_KEY2 ciphertexts seen, kept while their cookie lives.
+    seen_bound: SeenSessionKeys,
     clients: ClientTable,
+    group: Group,
     reassembler: Reassembler,
     timers: TimerWheel<Timer>,
     fired: Vec<Timer>,
@@ -124,6 +137,8 @@ pub struct Relay {
     emitter: Emitter,
     /// The part of a plaintext after SEQ, shared by all receivers of one fan-out.
     tail: Vec<u8>,
+    /// The raw token being sealed for one receiver.
+    sealed: Vec<u8>,
     events: Vec<Event>,
     stats: Stats,
     started: Instant,
@@ -135,6 +150,8 @@ pub struct Relay {
     rng: StdRng,
     /// Fernet timestamps (informational: no receiver checks them).
     unix: UnixClock,
+    /// Whether the IPv4 and IPv6 downlinks reach an interface (the shell says).
+    downlink_up: [bool; 2],
 }
 
 impl Relay {
@@ -150,10 +167,15 @@ impl Relay {
         rng_seed: [u8; 32],
     ) -> Self {
         let mut rng = StdRng::from_seed(rng_seed);
-        Relay {
-            cookies: CookieJar::new(now, &mut rng),
+        let cookies = CookieJar::new(now, &mut rng);
+        let next_msg_id = rng.random();
+        let group = Group::new(&mut rng, config.downlinks.len(), now);
+        let mut relay = Relay {
+            cookies,
             seen_session_keys: SeenSessionKeys::new(now),
+            seen_bound: SeenSessionKeys::bound(now),
             clients: ClientTable::new(),
+            group,
             reassembler: Reassembler::new(config.reassembly.clone()),
             timers: TimerWheel::new(now, TICK, SLOTS),
             fired: Vec::new(),
@@ -173,20 +195,47 @@ impl Relay {
             drop_log: TokenBucket::new(DROP_LOG_RATE, DROP_LOG_RATE, now),
             emitter: Emitter {
                 max_datagram: config.max_datagram,
-                next_msg_id: rng.random(),
+                next_msg_id,
                 datagram: Vec::with_capacity(2048),
-                plain: Vec::with_capacity(2048),
             },
             tail: Vec::with_capacity(2048),
+            sealed: Vec::with_capacity(2048),
             events: Vec::new(),
             stats: Stats::default(),
             started: now,
             clock: now,
+            downlink_up: [true; 2],
             rng,
             unix: UnixClock::new(now, unix_secs),
             config,
             key,
+        };
+        relay.stats.group_epoch = u64::from(relay.group.sender.epoch());
+        relay
+    }
+
+    /// Input from the shell: whether each family's downlink (IPv4, IPv6)
+    /// goes out on at least one interface now. A client of a family whose
+    /// downlink reaches no interface is not granted group mode: it would
+    /// hear nothing until its probes gave up. Both start true.
+    pub fn set_downlink_up(&mut self, v4: bool, v6: bool) {
+        self.downlink_up = [v4, v6];
+    }
+
+    /// Where GROUP_DATA goes (none with group mode off): the shell sends
+    /// what is queued for each of these once per served interface.
+    pub fn downlinks(&self) -> &[SocketAddr] {
+        if self.config.group_mode {
+            &self.config.downlinks
+        } else {
+            &[]
         }
+    }
+
+    /// The Ed25519 public key that signs this run's GROUP_DATA (made at
+    /// start, never stored).
+    pub fn group_signer(&self) -> [u8; 32] {
+        self.group.sender.signer_public()
     }
 
     /// Counters since start.
@@ -236,6 +285,7 @@ impl Relay {
                 msgs_out: c.msgs_out,
                 bytes_out: c.bytes_out,
                 partials: self.reassembler.owner_usage(c.generation).0,
+                mode: c.mode(),
             })
             .collect()
     }
@@ -261,19 +311,22 @@ impl Relay {
         self.timers.expire(now, &mut fired);
         for t in fired.drain(..) {
             match t {
-                Timer::Idle { slot, generation } => self.check_idle(now, slot, generation, out),
+                Timer::Idle { slot, generation } => self.check_idle(now, slot, generation),
                 Timer::FragmentGc => {
                     self.gc_at = None;
                     let n = self.reassembler.expire(now);
                     self.dropped(None, ReassemblyDrop::Expired.into(), n, out);
                     self.schedule_gc();
                 }
+                Timer::Probe => self.probe_due(now, out),
             }
         }
         self.fired = fired;
+        // Timeouts of this turn share one rekey.
+        self.settle(out);
     }
 
-    fn check_idle(&mut self, now: Instant, slot: usize, generation: u64, out: &mut Transmits) {
+    fn check_idle(&mut self, now: Instant, slot: usize, generation: u64) {
         let Some(c) = self.clients.get(slot) else {
             return;
         };
@@ -284,7 +337,7 @@ impl Relay {
         // last_seen instead, so a busy client costs nothing per datagram.
         let deadline = c.last_seen + self.config.client_timeout;
         if deadline <= now {
-            self.remove(slot, LeaveReason::Timeout, out);
+            self.remove(slot, LeaveReason::Timeout);
         } else {
             self.timers
                 .insert(deadline, Timer::Idle { slot, generation });
@@ -323,6 +376,7 @@ impl Relay {
         self.rotate_cookies(now);
         let mut turn = Turn::new(src);
         self.handle_payload(now, &mut turn, data, false, out);
+        self.settle(out);
     }
 
     /// Removes the client with this id; the others get PEER_LEFT(kicked).
@@ -331,12 +385,14 @@ impl Relay {
         let Some(slot) = self.clients.lookup(&id.addr()) else {
             return false;
         };
-        self.remove(slot, LeaveReason::Kicked, out);
+        self.remove(slot, LeaveReason::Kicked);
+        self.settle(out);
         true
     }
 
     /// Tells every client the server is closing and forgets them all.
     pub fn shutdown(&mut self, out: &mut Transmits) {
+        self.settle(out);
         self.tail.clear();
         tlv::put(&mut self.tail, inner::SERVER_CLOSING, &[]);
         self.notify(None, out);
@@ -344,6 +400,8 @@ impl Relay {
         let reassembler = &mut self.reassembler;
         self.clients
             .clear(|c| reassembler.remove_owner(c.generation));
+        self.group.clear();
+        self.stats.members_group = 0;
         info!("server closing: {n} clients told");
     }
 }

@@ -35,7 +35,8 @@ pub struct Stats {
     pub reassembled: u64,
     /// DATA messages received from clients and relayed.
     pub messages_relayed: u64,
-    /// Relayed copies sent (one per receiver).
+    /// Receivers relayed messages reached: one per single DATA copy, and
+    /// one per group member a GROUP_DATA was for.
     pub deliveries: u64,
     /// Clients that said BYE.
     pub clients_left: u64,
@@ -43,6 +44,23 @@ pub struct Stats {
     pub clients_timed_out: u64,
     /// Clients kicked by an operator.
     pub clients_kicked: u64,
+    /// GROUP_DATA sealed and signed (v2 group mode): one per message or
+    /// notice, whatever the number of members; each goes out once per
+    /// downlink with members, and the shell sends that once per served
+    /// interface.
+    pub group_data_sent: u64,
+    /// Fresh group keys drawn after leaves (each sent to every member).
+    pub rekeys: u64,
+    /// Join ratchets (one per WELCOME that grants group mode).
+    pub ratchets: u64,
+    /// KEY_REQUESTs answered.
+    pub key_requests_answered: u64,
+    /// PROBE GROUP_DATAs sent (probes asked for together share one).
+    pub probes_answered: u64,
+    /// Group members now (a gauge).
+    pub members_group: u64,
+    /// The group key's current epoch (a gauge).
+    pub group_epoch: u64,
     /// Inputs dropped, indexed by [`Drop::index`].
     drops: [u64; Drop::COUNT],
 }
@@ -68,6 +86,13 @@ impl Default for Stats {
             clients_left: 0,
             clients_timed_out: 0,
             clients_kicked: 0,
+            group_data_sent: 0,
+            rekeys: 0,
+            ratchets: 0,
+            key_requests_answered: 0,
+            probes_answered: 0,
+            members_group: 0,
+            group_epoch: 0,
             drops: [0; Drop::COUNT],
         }
     }
@@ -92,7 +117,7 @@ impl Stats {
 
     /// Visits every counter as (name, value), in a stable order.
     pub fn for_each(&self, mut f: impl FnMut(&str, u64)) {
-        let activity: [(&str, u64); 18] = [
+        let activity: [(&str, u64); 25] = [
             ("datagrams_in", self.datagrams_in),
             ("bytes_in", self.bytes_in),
             ("datagrams_out", self.datagrams_out),
@@ -111,6 +136,13 @@ impl Stats {
             ("clients_left", self.clients_left),
             ("clients_timed_out", self.clients_timed_out),
             ("clients_kicked", self.clients_kicked),
+            ("group_data_sent", self.group_data_sent),
+            ("rekeys", self.rekeys),
+            ("ratchets", self.ratchets),
+            ("key_requests_answered", self.key_requests_answered),
+            ("probes_answered", self.probes_answered),
+            ("members_group", self.members_group),
+            ("group_epoch", self.group_epoch),
         ];
         for (name, v) in activity {
             f(name, v);

@@ -29,7 +29,7 @@ impl Transmits {
     }
 
     /// The queued datagrams in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (SocketAddr, &[u8])> + '_ {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (SocketAddr, &[u8])> + Clone + '_ {
         self.items
             .iter()
             .map(|&(dst, start, len)| (dst, &self.buf[start..start + len]))
@@ -63,8 +63,6 @@ pub(super) struct Emitter {
     pub(super) next_msg_id: u32,
     /// The last outer TLV built by [`Emitter::token`] (before fragmenting).
     pub(super) datagram: Vec<u8>,
-    /// Scratch for plaintexts being sealed.
-    pub(super) plain: Vec<u8>,
 }
 
 impl Emitter {
@@ -75,7 +73,7 @@ impl Emitter {
         &mut self,
         dst: SocketAddr,
         kind: u16,
-        token: &str,
+        token: &[u8],
         out: &mut Transmits,
         stats: &mut Stats,
     ) -> Result<usize, Oversize> {
@@ -83,7 +81,7 @@ impl Emitter {
             return Err(Oversize);
         }
         self.datagram.clear();
-        tlv::put(&mut self.datagram, kind, token.as_bytes());
+        tlv::put(&mut self.datagram, kind, token);
         let Emitter {
             datagram,
             max_datagram,
@@ -107,7 +105,10 @@ impl Emitter {
     }
 }
 
-fn emit(
+/// Queues the outer TLVs in `datagram` for `dst`: as they are when they
+/// fit `max_datagram`, else as FRAGMENTs of message `next_msg_id` (which
+/// then moves on). Returns the bytes queued.
+pub(super) fn emit(
     dst: SocketAddr,
     datagram: &[u8],
     max_datagram: usize,

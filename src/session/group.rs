@@ -328,12 +328,11 @@ impl GroupMember {
         let opened = self.key_for(now, g.epoch).map(|k| k.fernet.open(g.token));
         let plain = match opened {
             Some(p) => p.map_err(|_| GroupError::BadToken)?,
-            None if g.epoch > current => match self.try_ratchet(now, g) {
+            None => match self.try_ratchet(now, g) {
                 Some(p) => p,
-                None => return self.hold(now, g),
+                None if g.epoch > current || keep_old => return self.hold(now, g),
+                None => return Err(GroupError::OldEpoch),
             },
-            None if keep_old => return self.hold(now, g),
-            None => return Err(GroupError::OldEpoch),
         };
         self.accept(plain)
     }
@@ -345,21 +344,29 @@ impl GroupMember {
         self.retired.get(epoch, now)
     }
 
-    /// Up to [`MAX_RATCHET_STEPS`] join steps; the derived key is adopted
-    /// only when the token opens under it.
+    /// Up to [`MAX_RATCHET_STEPS`] join steps from the newest key we hold
+    /// below the datagram's epoch; the derived key is used only when the
+    /// token opens under it. A newer epoch becomes the current one; an
+    /// older one (its datagram overtaken by a rekey's GROUP_KEY, which
+    /// travels another way) is kept for the grace period only.
     fn try_ratchet(&mut self, now: Instant, g: &GroupData<'_>) -> Option<Vec<u8>> {
-        let steps = g.epoch - self.current.epoch;
-        if steps > MAX_RATCHET_STEPS {
-            return None;
-        }
-        let mut raw = self.current.raw;
-        for e in self.current.epoch + 1..=g.epoch {
+        self.retired.expire(now);
+        let base = std::iter::once(&self.current)
+            .chain(self.retired.0.iter().map(|(k, _)| k))
+            .filter(|k| k.epoch < g.epoch && g.epoch - k.epoch <= MAX_RATCHET_STEPS)
+            .max_by_key(|k| k.epoch)?;
+        let mut raw = base.raw;
+        for e in base.epoch + 1..=g.epoch {
             raw = ratchet(&raw, e);
         }
         let candidate = EpochKey::new(g.epoch, raw);
         let plain = candidate.fernet.open(g.token).ok()?;
-        let old = std::mem::replace(&mut self.current, candidate);
-        self.retired.push(old, now);
+        if g.epoch > self.current.epoch {
+            let old = std::mem::replace(&mut self.current, candidate);
+            self.retired.push(old, now);
+        } else {
+            self.retired.push(candidate, now);
+        }
         Some(plain)
     }
 
@@ -703,5 +710,28 @@ mod tests {
         assert_eq!(s.key_text_of(1, now + GRACE / 2), Some(first));
         assert_eq!(s.key_text_of(1, now + GRACE), None);
         assert_eq!(s.key_text_of(2, now + GRACE), Some(s.key_text()));
+    }
+
+    #[test]
+    fn a_join_datagram_overtaken_by_the_next_rekey_still_opens_by_ratchet() {
+        // The relay ratchets (a join), sends under e+1, then a leave rekeys
+        // to e+2; the member gets the GROUP_KEY of e+2 first (unicast
+        // overtook multicast), then the datagram of e+1.
+        let mut s = GroupSender::new([1; 32], [2; 32]);
+        let mut m = member(&s);
+        let now = Instant::now();
+        s.ratchet(now);
+        let joined = send(&mut s, b"under e+1");
+        s.leave();
+        assert!(s.rekey_if_pending(now, [9; 32]));
+        assert!(m
+            .set_key(now, s.epoch(), s.key_text().as_bytes())
+            .is_empty());
+        assert_eq!(body_of(&m.open(now, &joined).unwrap()), b"under e+1");
+        assert_eq!(m.epoch(), 3, "the current epoch stays the newest");
+        assert_eq!(
+            body_of(&m.open(now, &send(&mut s, b"e+2")).unwrap()),
+            b"e+2"
+        );
     }
 }

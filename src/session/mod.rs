@@ -287,6 +287,28 @@ mod tests {
     }
 
     #[test]
+    fn a_rekey_travels_to_the_client_only_and_raw_seals_open_as_text_would() {
+        let (mut client, mut server) = pair();
+        let mut buf = Vec::new();
+        // v2 §4: a rekey is `SEQ GROUP_KEY`, nothing else server-only in it.
+        server.seal_raw(T, IV, &mut buf, |p| {
+            wire::inner::put_group_key(p, 2, &[b'k'; 44])
+        });
+        assert_eq!(buf[0], fernet::VERSION, "raw");
+        assert_eq!(
+            server.open(&buf, Direction::ToServer),
+            Err(OpenError::Reflected)
+        );
+        let plain = client.open(&buf, Direction::ToClient).unwrap();
+        assert_eq!(Inner::parse(&plain).unwrap().group_key.unwrap().0, 2);
+        // A member's KEEPALIVE asking for a key is the client's own kind.
+        let ask = client.seal(T, IV, &mut buf, |p| {
+            tlv::put(p, wire::inner::KEY_REQUEST, &2u32.to_be_bytes())
+        });
+        assert!(server.open(ask.as_bytes(), Direction::ToServer).is_ok());
+    }
+
+    #[test]
     fn bad_keys_refused() {
         assert!(Session::new("short").is_none());
         assert!(Session::new(&format!("{}=", "A".repeat(43))).is_some());

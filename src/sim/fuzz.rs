@@ -591,7 +591,7 @@ fn server_public() -> &'static PublicKey {
 }
 
 /// The relay's `max_datagram` choices: `mcrelay serve` accepts 548..=65507
-/// (PROTOCOL.md: 548 keeps SERVER_KEY + COOKIE, 318 bytes, in one datagram).
+/// (PROTOCOL.md: 548 keeps SERVER_KEY + COOKIE + VERSIONS, 324 bytes, in one datagram).
 const RELAY_MAX_DATAGRAMS: [usize; 8] = [548, 576, 600, 900, 1200, 1500, 9000, 65507];
 /// The clients' choices: smaller ones make them send many small fragments.
 const CLIENT_MAX_DATAGRAMS: [usize; 8] = [64, 100, 200, 548, 1200, 1500, 9000, 65507];
@@ -823,7 +823,8 @@ pub fn core_report(data: &[u8]) -> CoreReport {
                         access_token: token,
                         pin: None,
                         max_datagram: client_max_datagram,
-                        ..ClientOptions::default()
+                        // The simulator routes unicast only.
+                        group: false,
                     },
                     now,
                     UNIX_START,

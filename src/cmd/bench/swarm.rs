@@ -58,7 +58,12 @@ pub fn connect(server: SocketAddr, n: usize, within: Duration) -> Result<Vec<Cli
         clients.push(Client {
             sock,
             core: ClientCore::new(
-                ClientOptions::default(),
+                // Per-recipient delivery is what this swarm measures: each
+                // client reads its own socket, none joins a downlink.
+                ClientOptions {
+                    group: false,
+                    ..ClientOptions::default()
+                },
                 Instant::now(),
                 unix_now,
                 rand::random(),

@@ -24,13 +24,14 @@ fn a_fragmented_message_is_relayed_as_fragments() {
     let (mut net, a, b) = two();
     let big = body(20 * 1024, 1);
     let ds = net.outgoing(a, |c, o| c.send(&big, o));
-    assert!(ds.len() > 20 && ds.iter().all(|d| d.len() <= 1200));
+    // A raw token (RAW is granted to these v2 clients) of 20 KiB: 18 pieces.
+    assert!(ds.len() > 15 && ds.iter().all(|d| d.len() <= 1200));
     let n = ds.len() as u64;
     let mark = net.sent.len();
     net.deliver_all(net.addr(a), ds);
     assert_eq!(net.messages(b), [(net.id(a), big)]);
     let out = &net.sent[mark..];
-    assert!(out.len() > 20 && out.iter().all(|(dst, _)| *dst == net.addr(b)));
+    assert!(out.len() > 15 && out.iter().all(|(dst, _)| *dst == net.addr(b)));
     assert!(out.iter().all(|(_, d)| d.len() <= 1200));
     let s = net.stats();
     assert_eq!(
@@ -81,7 +82,7 @@ fn each_broken_fragment_rule_drops_its_message() {
         d[10..12].copy_from_slice(&(count + 1).to_be_bytes());
     });
     // Over the 32 KiB reassembly limit: dropped as soon as it cannot fit.
-    let ds = net.outgoing(a, |c, o| c.send(&body(30 * 1024, 4), o));
+    let ds = net.outgoing(a, |c, o| c.send(&body(40 * 1024, 4), o));
     for d in ds {
         net.deliver(aa, &d);
         if reassembly(net.stats(), DropReason::TooLarge) == 1 {

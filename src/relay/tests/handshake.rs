@@ -14,8 +14,15 @@ fn handshake_welcome_and_peer_joined() {
     let (dst, reply) = &net.sent[0];
     assert_eq!(*dst, net.addr(a));
     assert!(reply.len() <= 3 * hello.len(), "{} bytes", reply.len());
-    assert_eq!(kinds(reply), [outer::SERVER_KEY, outer::COOKIE]);
+    assert_eq!(
+        kinds(reply),
+        [outer::SERVER_KEY, outer::COOKIE, outer::VERSIONS]
+    );
     assert_eq!(parse(reply)[1].1.len(), 16);
+    // v2 §2: VERSIONS rides in the same answer, within the 3× limit of
+    // the smallest HELLO.
+    assert_eq!(parse(reply)[2].1, [1, 2]);
+    assert!(reply.len() <= 3 * MIN_HELLO_LEN, "{} bytes", reply.len());
     assert_eq!(kinds(&net.sent[1].1), [outer::WELCOME]);
     assert_eq!(
         net.take_events(a),

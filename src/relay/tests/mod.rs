@@ -14,7 +14,10 @@
 //!
 //! One scenario per test, grouped by what they exercise: `handshake`,
 //! `fairness`, `replay`, `members` (tokens, inner rules, strangers),
-//! `fragments`, `leaving` and `one_answer` (many TLVs in one datagram).
+//! `fragments`, `leaving`, `one_answer` (many TLVs in one datagram), and
+//! protocol v2: `group` (the bound handshake, group fan-out, mixed groups)
+//! and `group_keys` (rekeys, ratchets, key requests, probes), with the
+//! hand-made v2 clients of `v2`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -39,11 +42,14 @@ use crate::wire::{inner, outer, Inner, LeaveReason, RejectReason, MIN_HELLO_LEN}
 
 mod fairness;
 mod fragments;
+mod group;
+mod group_keys;
 mod handshake;
 mod leaving;
 mod members;
 mod one_answer;
 mod replay;
+mod v2;
 
 /// The wall clock the relay and the clients are started with (any value
 /// works: no Fernet timestamp is checked).
@@ -112,6 +118,12 @@ impl Net {
     }
 
     fn add_at(&mut self, addr: SocketAddr, opts: ClientOptions) -> usize {
+        // These peers are served one by one: this harness delivers unicast
+        // only (group mode has its own tests with hand-made v2 members).
+        let opts = ClientOptions {
+            group: false,
+            ..opts
+        };
         self.peers.push(Peer {
             addr,
             core: ClientCore::new(
@@ -268,7 +280,10 @@ impl Net {
         assert_eq!(replies.len(), 1, "one SERVER_KEY+COOKIE reply");
         assert!(replies[0].len() <= 3 * hello.len(), "anti-amplification");
         let tlvs = parse(&replies[0]);
-        assert_eq!(kinds(&replies[0]), [outer::SERVER_KEY, outer::COOKIE]);
+        assert_eq!(
+            kinds(&replies[0]),
+            [outer::SERVER_KEY, outer::COOKIE, outer::VERSIONS]
+        );
         (tlvs[0].1.clone(), tlvs[1].1.clone())
     }
 

@@ -13,7 +13,10 @@ fn many_hellos_in_one_datagram_get_one_answer() {
         net.deliver(src, &d);
         let answers = net.take_stray(src);
         assert_eq!(answers.len(), 1, "{n} HELLOs");
-        assert_eq!(kinds(&answers[0]), [outer::SERVER_KEY, outer::COOKIE]);
+        assert_eq!(
+            kinds(&answers[0]),
+            [outer::SERVER_KEY, outer::COOKIE, outer::VERSIONS]
+        );
         assert!(answers[0].len() <= 3 * d.len(), "{n} HELLOs");
     }
     assert_eq!(hellos(51).len(), 256);
@@ -45,7 +48,10 @@ fn hello_and_session_key_mixes_get_one_answer_of_each_kind() {
         let answers: Vec<Vec<u16>> = net.take_stray(src).iter().map(|a| kinds(a)).collect();
         assert_eq!(
             answers,
-            [vec![outer::SERVER_KEY, outer::COOKIE], vec![outer::WELCOME]]
+            [
+                vec![outer::SERVER_KEY, outer::COOKIE, outer::VERSIONS],
+                vec![outer::WELCOME]
+            ]
         );
     }
     // Thousands of cookieless SESSION_KEYs and HELLOs, interleaved: one
@@ -59,7 +65,10 @@ fn hello_and_session_key_mixes_get_one_answer_of_each_kind() {
     net.deliver(src, &d);
     let answers = net.take_stray(src);
     assert_eq!(answers.len(), 2);
-    assert_eq!(kinds(&answers[0]), [outer::SERVER_KEY, outer::COOKIE]);
+    assert_eq!(
+        kinds(&answers[0]),
+        [outer::SERVER_KEY, outer::COOKIE, outer::VERSIONS]
+    );
     assert_eq!(answers[1], reject(RejectReason::BadCookie));
     // Two good SESSION_KEYs in one datagram: only the first is tried.
     let src = addr(50004);
@@ -123,7 +132,10 @@ fn a_hello_in_a_reassembled_payload_shares_its_datagram_s_one_answer() {
     net.deliver(aa, &d);
     let answers = net.take_stray(aa);
     assert_eq!(answers.len(), 1);
-    assert_eq!(kinds(&answers[0]), [outer::SERVER_KEY, outer::COOKIE]);
+    assert_eq!(
+        kinds(&answers[0]),
+        [outer::SERVER_KEY, outer::COOKIE, outer::VERSIONS]
+    );
     assert_eq!(net.stats().dropped(Drop::HelloRepeated), 1);
     // A fragment nested in it is refused, whatever else the payload holds.
     let mut inner = hellos(1);
