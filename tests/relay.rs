@@ -143,7 +143,10 @@ fn twenty_kib_in_group_mode_arrive_through_the_downlink_in_fragments() {
     let mut a = server.client();
     let mut b = server.client();
     let mut c = server.client();
-    assert!(b.downlink().is_some() && c.downlink().is_some(), "group mode");
+    assert!(
+        b.downlink().is_some() && c.downlink().is_some(),
+        "group mode"
+    );
     drain(&mut a, QUIET);
     let big: Vec<u8> = (0..20 * 1024).map(|i| (i % 239) as u8).collect();
     a.send(&big).unwrap();
@@ -152,7 +155,10 @@ fn twenty_kib_in_group_mode_arrive_through_the_downlink_in_fragments() {
     let mut admin = server.admin();
     // One signed message, sent once in fragments for both members.
     assert_eq!(admin.stat("messages_relayed"), 1);
-    assert!(admin.stat("group_data_sent") > 1, "fragments on the downlink");
+    assert!(
+        admin.stat("group_data_sent") > 1,
+        "fragments on the downlink"
+    );
 }
 
 #[test]
