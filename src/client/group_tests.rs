@@ -805,6 +805,15 @@ fn serve_at(
         let mut buf = vec![0; 65536];
         while !stop.load(Ordering::Relaxed) {
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                // The fake keeps one session, the latest: the tokens of a
+                // client whose session it replaced (its probes, its BYE)
+                // cannot be opened and are none of its business.
+                let handshake = Datagram::parse(&buf[..n]).is_ok_and(|d| {
+                    d.hello.is_some() || d.session_key.is_some() || d.session_key2.is_some()
+                });
+                if !handshake && client.is_some_and(|c| c != from) {
+                    continue;
+                }
                 let handshakes = fake.handshakes;
                 for a in fake.answer(&buf[..n]) {
                     sock.send_to(&a, from).unwrap();
