@@ -35,7 +35,9 @@ mod timer;
 pub mod wire;
 
 pub use client::group::DownlinkStats;
-pub use client::udp::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE, MAX_BODY_LEN};
+pub use client::udp::{
+    ConnectError, MulticastIface, Target, UdpClient, DEFAULT_KEEPALIVE, MAX_BODY_LEN,
+};
 pub use client::{ClientCore, ClientError, ClientEvent, ClientOptions, SendError};
 pub use federation::config::{ConfigError as FederationConfigError, LinkConfig};
 pub use federation::json::Auth as NatsAuth;

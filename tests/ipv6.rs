@@ -1,12 +1,19 @@
-//! Dual stack over real loopback sockets: IPv4 and IPv6 clients on one
-//! relay, each known by its own address form, relayed to each other.
+//! Dual stack over real sockets: IPv4 and IPv6 clients on one relay, each
+//! known by its own address form, relayed to each other: the library, the
+//! `mcrelay` CLI and the Python client over `::1`, and IPv6 multicast over
+//! a link-local group between two network namespaces the test builds.
 
+#[path = "support/cli.rs"]
+mod cli;
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 
+use cli::*;
 use common::*;
-use mcrelay::{ClientEvent, ClientOptions, Target, UdpClient};
+use mcrelay::{ClientEvent, ClientOptions, Target, UdpClient, MAX_BODY_LEN};
 
 /// A connected client reaching the relay at `[::1]:port`.
 fn v6_client(server: &Server) -> UdpClient {
@@ -84,4 +91,354 @@ fn two_groups_of_one_family_are_refused() {
         err.contains("at most one group per address family"),
         "{err}"
     );
+}
+
+/// `[::1]:PORT` as a `--server` value.
+fn v6_server(server: &Server) -> String {
+    format!("[::1]:{}", server.port)
+}
+
+/// Waits for the next PEER_JOINED and returns the id.
+fn joined(c: &mut UdpClient) -> String {
+    match expect_event(c, "PEER_JOINED", |e| {
+        matches!(e, ClientEvent::PeerJoined(_))
+    }) {
+        ClientEvent::PeerJoined(id) => id,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn cli_send_and_listen_over_ipv6_talk_with_an_ipv4_client() {
+    let server = Server::start(&[]);
+    let mut v4 = server.client();
+    let id4 = v4.id().unwrap().to_string();
+    let target = v6_server(&server);
+
+    let mut listener = Cli::mcrelay(&["listen", "--server", &target]);
+    let listen_id = listener.connected_id();
+    assert!(listen_id.starts_with("[::1]:"), "{listen_id}");
+    assert_eq!(joined(&mut v4), listen_id);
+    v4.send(b"four to the six listener").unwrap();
+    listener.expect_line(&format!("[{id4}] four to the six listener"));
+
+    let out = Command::new(bin())
+        .args(["send", "--server", &target, "six to four"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sender = expect_message(&mut v4, b"six to four");
+    assert!(
+        sender.starts_with("[::1]:") && sender != listen_id,
+        "{sender}"
+    );
+    listener.expect_line(&format!("[{sender}] six to four"));
+}
+
+#[test]
+fn python_client_over_ipv6_unicast_relays_both_ways_with_fragments() {
+    let server = Server::start(&[]);
+    let mut v4 = server.client();
+    let id4 = v4.id().unwrap().to_string();
+    let target = v6_server(&server);
+    let mut py = Cli::python(&["listen", "--server", &target]);
+    let py_id = joined(&mut v4);
+    assert!(py_id.starts_with("[::1]:"), "{py_id}");
+
+    v4.send(b"to python over six").unwrap();
+    py.expect_line(&format!("[{id4}] to python over six"));
+    // 20 KiB: fragmented by the server towards Python's IPv6 address.
+    let big = "b".repeat(20 * 1024);
+    v4.send(big.as_bytes()).unwrap();
+    py.expect_line(&format!("[{id4}] {big}"));
+
+    // Python → IPv4, small and 20 KiB (fragmented by Python over IPv6).
+    for msg in ["from python over six".to_string(), "q".repeat(20 * 1024)] {
+        let out = python()
+            .args(["-m", "mcrelay_client", "send", "--server", &target, &msg])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sender = expect_message(&mut v4, msg.as_bytes());
+        assert!(sender.starts_with("[::1]:") && sender != py_id, "{sender}");
+    }
+    // An IPv6 address without brackets is ambiguous: refused, one line.
+    let out = python()
+        .args(["-m", "mcrelay_client", "send", "--server"])
+        .arg(format!("::1:{}", server.port))
+        .arg("x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("brackets"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_interface_that_does_not_exist_is_a_one_line_error() {
+    for group in ["ff02::77", "239.255.0.77"] {
+        let out = Command::new(bin())
+            .args(["send", "--group", group, "--iface", "nosuch0", "x"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{group}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{group}: {err}");
+        assert!(err.contains("no interface named nosuch0"), "{group}: {err}");
+    }
+    let out = python()
+        .args(["-m", "mcrelay_client", "send", "--server", "127.0.0.1:5007"])
+        .args(["--group", "ff02::77", "--iface", "nosuch0", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no interface named nosuch0"), "{err}");
+    // A scope by name in --server is resolved, or refused the same way.
+    let out = Command::new(bin())
+        .args(["send", "--server", "[fe80::1%nosuch0]:5007", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no interface named nosuch0"), "{err}");
+}
+
+/// Two network namespaces joined by a veth pair, both ends up with
+/// link-local addresses only (duplicate address detection off, so they are
+/// usable at once): the relay's host (`v0`) and a client host (`v1`).
+/// Loopback is no help here: Linux does not deliver IPv6 multicast sent
+/// on `lo` even with its multicast flag set.
+struct Link {
+    relay: String,
+    client: String,
+}
+
+impl Link {
+    fn create() -> Link {
+        let relay = format!("mcrelay-v6r{}", std::process::id());
+        let client = format!("mcrelay-v6c{}", std::process::id());
+        sh(&["ip", "netns", "add", &relay]);
+        let link = Link { relay, client };
+        sh(&["ip", "netns", "add", &link.client]);
+        for ns in [&link.relay, &link.client] {
+            link.exec(ns, "sysctl -qw net.ipv6.conf.default.accept_dad=0");
+            link.exec(ns, "ip link set lo up");
+        }
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "v0",
+            "netns",
+            &link.relay,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "v1",
+            "netns",
+            &link.client,
+        ]);
+        link.exec(&link.relay, "ip link set v0 up");
+        link.exec(&link.client, "ip link set v1 up");
+        link
+    }
+
+    /// Runs `cmd` (split at spaces) in namespace `ns`; it must succeed.
+    fn exec(&self, ns: &str, cmd: &str) -> String {
+        let mut argv = vec!["ip", "netns", "exec", ns];
+        argv.extend(cmd.split(' '));
+        sh(&argv)
+    }
+
+    /// `program` run inside namespace `ns`.
+    fn command(ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// The index of interface `name` in namespace `ns`.
+    fn index(&self, ns: &str, name: &str) -> u32 {
+        self.exec(ns, &format!("cat /sys/class/net/{name}/ifindex"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The link-local address of `name` in `ns`, once it has one.
+    fn link_local(&self, ns: &str, name: &str) -> String {
+        let end = std::time::Instant::now() + DEADLINE;
+        loop {
+            let out = self.exec(ns, &format!("ip -6 -o addr show dev {name} scope link"));
+            if let Some(a) = out.split_whitespace().find(|w| w.starts_with("fe80:")) {
+                return a.split('/').next().unwrap().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "no link-local address on {name}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for ns in [&self.relay, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `argv`; it must succeed (the namespaces need root). Returns stdout.
+fn sh(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("iproute2 (ip) is needed for this test");
+    assert!(
+        out.status.success(),
+        "{argv:?} failed (this test needs root for network namespaces): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The relay serves `ff02::77` on `v0`; on the other host, `mcrelay listen`
+/// (interface by name), `mcrelay send` (by index) and the Python client
+/// (by name, and by address) reach it through the group, leave it for
+/// unicast to the relay's link-local address, and are known by their
+/// link-local ids scoped with the relay's interface index.
+#[test]
+fn ipv6_multicast_clients_reach_the_relay_through_a_link_local_group() {
+    let link = Link::create();
+    let mut cmd = Link::command(&link.relay, bin());
+    cmd.args(["serve", "--port", "0", "--admin-port", "0"])
+        .args(["--group", "ff02::77", "--iface", "v0"]);
+    let mut server = Server::spawn(cmd);
+    server.wait_log("member of ff02::77 on v0", DEADLINE);
+    let port = server.port.to_string();
+    let scope = link.index(&link.relay, "v0");
+    let v1 = link.index(&link.client, "v1").to_string();
+    let v1_addr = link.link_local(&link.client, "v1");
+    let id_prefix = format!("[{v1_addr}%{scope}]:");
+    let group = ["--group", "ff02::77", "--port", &port];
+
+    let mut cmd = Link::command(&link.client, bin());
+    cmd.arg("listen").args(group).args(["--iface", "v1"]);
+    let mut rust = Cli::spawn(cmd);
+    let rust_id = rust.connected_id();
+    assert!(rust_id.starts_with(&id_prefix), "{rust_id} vs {id_prefix}");
+
+    let mut cmd = Link::command(&link.client, "python3");
+    cmd.env(
+        "PYTHONPATH",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/interop/python"),
+    )
+    .args(["-m", "mcrelay_client", "listen", "--server"])
+    .arg(format!("127.0.0.1:{port}"))
+    .args(["--group", "ff02::77", "--iface", "v1", "--ttl", "1"]);
+    let mut py = Cli::spawn(cmd);
+    let py_joined = rust.expect("python's join", |l| l.ends_with(" joined"));
+    let py_id = &py_joined["* ".len()..py_joined.len() - " joined".len()];
+    assert!(py_id.starts_with(&id_prefix), "{py_id} vs {id_prefix}");
+
+    // `mcrelay send` by interface index, with the largest body: its
+    // relayed copy carries a link-local id, longer than any IPv4 one, and
+    // still fits the text token the Python listener gets.
+    let mut child = Link::command(&link.client, bin())
+        .args(["send", "--ttl", "1", "--iface", &v1])
+        .args(group)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let largest = "L".repeat(MAX_BODY_LEN);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(largest.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = rust.expect("the largest message", |l| l.ends_with(&largest));
+    let sender = line[1..].split_once("] ").unwrap().0;
+    assert!(sender.starts_with(&id_prefix), "{sender}");
+    py.expect_line(&format!("[{sender}] {largest}"));
+
+    // The Python client's one-shot send, by the interface's address.
+    let out = Link::command(&link.client, "python3")
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/interop/python"),
+        )
+        .args(["-m", "mcrelay_client", "send", "--server"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--group", "ff02::77", "--iface", &v1_addr, "--ttl", "1"])
+        .arg("python through ff02::77")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = rust.expect("python's message", |l| {
+        l.ends_with("] python through ff02::77")
+    });
+    assert!(line.starts_with(&format!("[{id_prefix}")), "{line}");
+    py.expect("python's message", |l| l == line);
+
+    // The relay lists every one of them under the same ids.
+    let clients = admin_in(&link.relay, server.admin_port.unwrap(), "clients");
+    assert!(
+        clients.iter().any(|l| l.starts_with(&rust_id)),
+        "{clients:?}"
+    );
+    assert!(clients.iter().any(|l| l.starts_with(py_id)), "{clients:?}");
+}
+
+/// One admin command run from inside namespace `ns`; the reply's lines.
+fn admin_in(ns: &str, port: u16, command: &str) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(sys.argv[2].encode() + b"\n")
+out = b""
+while not out.endswith(b"\nOK\n") and b"ERR" not in out:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    out += chunk
+sys.stdout.write(out.decode())
+"#;
+    let out = Link::command(ns, "python3")
+        .args(["-c", SCRIPT, &port.to_string(), command])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1) // the greeting
+        .filter(|l| !is_log_line(l) && *l != "OK")
+        .map(str::to_string)
+        .collect()
 }

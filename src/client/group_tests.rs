@@ -771,25 +771,41 @@ enum To {
 /// Runs `fake` on a loopback socket until `stop`: it answers what clients
 /// send, and every 50 ms sends what `tick` returns. Returns its address.
 fn serve(
+    fake: Fake,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tick: impl FnMut(&mut Fake) -> Vec<(To, Vec<u8>)> + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    serve_at("127.0.0.1:0".parse().unwrap(), 0, fake, stop, tick)
+}
+
+/// [`serve`] on a socket bound to `at`, sending the downlink (IPv4 out of
+/// loopback; IPv6 out of the interface of index `index`, hop limit 1).
+fn serve_at(
+    at: SocketAddr,
+    index: u32,
     mut fake: Fake,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     mut tick: impl FnMut(&mut Fake) -> Vec<(To, Vec<u8>)> + Send + 'static,
 ) -> (SocketAddr, std::thread::JoinHandle<()>) {
     use std::net::{Ipv4Addr, UdpSocket};
     use std::sync::atomic::Ordering;
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sock = UdpSocket::bind(at).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(10)))
         .unwrap();
     let addr = sock.local_addr().unwrap();
-    let mcast = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .unwrap();
-    mcast.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
-    mcast.set_multicast_ttl_v4(0).unwrap();
-    mcast.set_multicast_loop_v4(true).unwrap();
+    let domain = socket2::Domain::for_address(fake.downlink);
+    let mcast =
+        socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).unwrap();
+    let mut group_dest = fake.downlink;
+    if let SocketAddr::V6(d) = &mut group_dest {
+        mcast.set_multicast_if_v6(index).unwrap();
+        mcast.set_multicast_hops_v6(1).unwrap();
+        d.set_scope_id(index);
+    } else {
+        mcast.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+        mcast.set_multicast_ttl_v4(0).unwrap();
+        mcast.set_multicast_loop_v4(true).unwrap();
+    }
     let mcast: UdpSocket = mcast.into();
     let handle = std::thread::spawn(move || {
         let mut client = None;
@@ -797,6 +813,15 @@ fn serve(
         let mut buf = vec![0; 65536];
         while !stop.load(Ordering::Relaxed) {
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                // The fake keeps one session, the latest: the tokens of a
+                // client whose session it replaced (its probes, its BYE)
+                // cannot be opened and are none of its business.
+                let handshake = Datagram::parse(&buf[..n]).is_ok_and(|d| {
+                    d.hello.is_some() || d.session_key.is_some() || d.session_key2.is_some()
+                });
+                if !handshake && client.is_some_and(|c| c != from) {
+                    continue;
+                }
                 let handshakes = fake.handshakes;
                 for a in fake.answer(&buf[..n]) {
                     sock.send_to(&a, from).unwrap();
@@ -811,7 +836,7 @@ fn serve(
                     // Best effort, as a relay's sends are.
                     let _ = match (to, client) {
                         (To::Client, Some(c)) => sock.send_to(&d, c),
-                        (To::Group, _) => mcast.send_to(&d, fake.downlink),
+                        (To::Group, _) => mcast.send_to(&d, group_dest),
                         (To::Client, None) => continue,
                     };
                 }
@@ -952,4 +977,164 @@ fn a_udp_client_that_hears_nothing_on_the_downlink_is_served_directly() {
     c.bye().unwrap();
     stop.store(true, Ordering::Relaxed);
     relay.join().unwrap();
+}
+
+/// Two network namespaces joined by a veth pair, `v0` in the relay's and
+/// `v1` in the client's, with link-local IPv6 addresses only (usable at
+/// once: duplicate address detection off); deleted on drop. Needs root.
+struct Netns {
+    relay: String,
+    client: String,
+}
+
+impl Netns {
+    fn create(tag: &str) -> Netns {
+        let pid = std::process::id();
+        let ns = Netns {
+            relay: format!("mcrelay-{tag}r{pid}"),
+            client: format!("mcrelay-{tag}c{pid}"),
+        };
+        for name in [&ns.relay, &ns.client] {
+            sh(&["ip", "netns", "add", name]);
+            ns.exec(name, "sysctl -qw net.ipv6.conf.default.accept_dad=0");
+            ns.exec(name, "ip link set lo up");
+        }
+        sh(&[
+            "ip", "link", "add", "v0", "netns", &ns.relay, "type", "veth", "peer", "name", "v1",
+            "netns", &ns.client,
+        ]);
+        ns.exec(&ns.relay, "ip link set v0 up");
+        ns.exec(&ns.client, "ip link set v1 up");
+        ns
+    }
+
+    /// Runs `cmd` (split at spaces) in namespace `name`; returns stdout.
+    fn exec(&self, name: &str, cmd: &str) -> String {
+        let mut argv = vec!["ip", "netns", "exec", name];
+        argv.extend(cmd.split(' '));
+        sh(&argv)
+    }
+
+    fn index(&self, name: &str, iface: &str) -> u32 {
+        let out = self.exec(name, &format!("cat /sys/class/net/{iface}/ifindex"));
+        out.trim().parse().unwrap()
+    }
+
+    /// The link-local address of `iface`, once the kernel gave it one.
+    fn link_local(&self, name: &str, iface: &str) -> std::net::Ipv6Addr {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.exec(name, &format!("ip -6 -o addr show dev {iface} scope link"));
+            if let Some(a) = out.split_whitespace().find(|w| w.starts_with("fe80:")) {
+                return a.split('/').next().unwrap().parse().unwrap();
+            }
+            assert!(Instant::now() < end, "no link-local address on {iface}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for name in [&self.relay, &self.client] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .status();
+        }
+    }
+}
+
+fn sh(argv: &[&str]) -> String {
+    let out = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("iproute2 (ip) is needed for this test");
+    assert!(
+        out.status.success(),
+        "{argv:?} failed (this test needs root for network namespaces): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Moves the calling thread (only it: a network namespace is per thread)
+/// into the namespace `ip netns` created as `name`; sockets it opens from
+/// then on live there.
+fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    // SAFETY: setns(2) on an open namespace file; no memory is involved.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// IPv6 group mode over a real link: the relay, in its own namespace,
+/// names a link-local downlink group and sends it out of `v0`; the client,
+/// on the other end of the pair, reaches the relay at its link-local
+/// address and joins the downlink on the interface of the server's scope,
+/// where the group's datagrams arrive.
+#[test]
+fn a_udp_client_joins_an_ipv6_downlink_on_the_interface_of_the_servers_scope() {
+    use crate::client::udp::{Target, UdpClient};
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let ns = Netns::create("dl6");
+    let (v0, v1) = (ns.index(&ns.relay, "v0"), ns.index(&ns.client, "v1"));
+    let relay_ll = ns.link_local(&ns.relay, "v0");
+    ns.link_local(&ns.client, "v1"); // and with it the route to fe80::/64
+                                     // A decoy: left to itself, the kernel would join the group on `d0`,
+                                     // where its route points, and hear nothing.
+    for cmd in [
+        "ip link add d0 type veth peer name d1",
+        "ip link set d1 up",
+        "ip link set d0 up",
+        "ip -6 route add ff02::6d63:77/128 dev d0 table local",
+    ] {
+        ns.exec(&ns.client, cmd);
+    }
+    let downlink = SocketAddr::from((Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0x6d63, 0x77), 5009));
+    let fake = Fake {
+        downlink,
+        ..Fake::new(13)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut n = 0u32;
+    let tick = move |f: &mut Fake| {
+        if f.granted & CAP_GROUP == 0 {
+            return Vec::new();
+        }
+        n += 1;
+        vec![(To::Group, f.message(OTHER, format!("tick {n}").as_bytes()))]
+    };
+    let (name, stop2) = (ns.relay.clone(), stop.clone());
+    let (addr, relay) = std::thread::spawn(move || {
+        enter_netns(&name);
+        serve_at("[::]:0".parse().unwrap(), v0, fake, stop2, tick)
+    })
+    .join()
+    .unwrap();
+    let server = SocketAddrV6::new(relay_ll, addr.port(), 0, v1);
+    let name = ns.client.clone();
+    let client = std::thread::spawn(move || {
+        enter_netns(&name);
+        let target = Target::Unicast(SocketAddr::V6(server));
+        let mut c = UdpClient::new(target, ClientOptions::default()).unwrap();
+        c.connect(Duration::from_secs(10)).expect("welcomed");
+        assert_eq!(c.downlink(), Some(downlink), "joined at the WELCOME");
+        let seen = wait_for(
+            &mut c,
+            Duration::from_secs(20),
+            |e| matches!(e, ClientEvent::Message { body, .. } if body.starts_with(b"tick")),
+        );
+        let opened = c.downlink_stats().opened;
+        c.bye().unwrap();
+        (seen, opened)
+    })
+    .join();
+    stop.store(true, Ordering::Relaxed);
+    relay.join().unwrap();
+    let (seen, opened) = client.unwrap();
+    assert!(seen.contains(&ClientEvent::Downlink(downlink)), "{seen:?}");
+    assert!(opened >= 1, "{seen:?}");
 }

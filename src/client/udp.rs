@@ -11,8 +11,10 @@
 //! When the relay grants group mode the client opens a second socket on
 //! the downlink's port (SO_REUSEADDR, so that several clients of one host
 //! can) and joins the downlink group on its interface: the `iface` of a
-//! [`Target::Multicast`], otherwise the local address the system would use
-//! to reach the server (for IPv6, the server's scope, else any interface).
+//! [`Target::Multicast`], otherwise the one the system would use to reach
+//! the server. IPv6 joins go by interface index: the target's, the
+//! server's scope (a link-local server), or the index of the interface
+//! that holds the local address routing to the server.
 //! [`UdpClient::recv`] waits on both sockets. Anything may arrive on the
 //! downlink; only what the relay signed is used. The socket is closed,
 //! which leaves the group, when the session ends or group mode does. If
@@ -76,9 +78,10 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -86,6 +89,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::client::group::DownlinkStats;
 use crate::client::{ClientCore, ClientError, ClientEvent, ClientOptions, SendError};
+use crate::net::iface::snapshot;
 use crate::wire::RejectReason;
 
 /// How long to wait for an answer before sending HELLO again.
@@ -108,35 +112,138 @@ const DOWNLINK_RETRY: Duration = Duration::from_secs(1);
 /// A keepalive interval well inside the server's default 60 s client timeout.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 
-/// Largest message body [`UdpClient::send`] accepts (49,046 bytes): the
-/// relay's copy of it (SEQ, the longest SENDER_ID `255.255.255.255:65535`,
-/// BODY) must still fit in one TLV once sealed as a Fernet token.
+/// Largest message body [`UdpClient::send`] accepts (49,009 bytes): the
+/// relay's copy of it (SEQ, SENDER_ID, BODY) must still fit in one TLV once
+/// sealed as a Fernet token, whatever the sender's id. The longest is a
+/// scoped IPv6 one, `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535`
+/// (58 bytes; a link-local client's is typically 35, an IPv4 one at most 21).
 pub const MAX_BODY_LEN: usize = {
     // A Fernet token is the padded base64url of version (1) + timestamp (8)
     // + IV (16) + AES-CBC ciphertext + HMAC (32) = 57 bytes + ciphertext.
     let raw = crate::wire::tlv::MAX_VALUE_LEN / 4 * 3;
     // PKCS#7 always adds 1..=16 bytes, up to a multiple of 16.
     let plain = (raw - 57) / 16 * 16 - 1;
-    let (seq, sender_id, body_header) = (4 + 8, 4 + 21, 4);
+    let (seq, sender_id, body_header) = (4 + 8, 4 + 58, 4);
     plain - seq - sender_id - body_header
 };
 
 /// Where the client sends.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// The server's unicast address.
+    /// The server's unicast address (IPv4 or IPv6; a link-local IPv6
+    /// address needs its scope, `[fe80::1%3]:5007`).
     Unicast(SocketAddr),
     /// The multicast group the server joined.
     Multicast {
-        /// Group address.
-        group: Ipv4Addr,
+        /// Group address, IPv4 or IPv6.
+        group: IpAddr,
         /// Port.
         port: u16,
-        /// Interface to send from (IP_MULTICAST_IF).
-        iface: Ipv4Addr,
-        /// Multicast TTL: 0 keeps datagrams on this host.
+        /// Interface to send from: IP_MULTICAST_IF (by its IPv4 address)
+        /// for an IPv4 group, IPV6_MULTICAST_IF (by its index) for IPv6.
+        /// Resolved once, by [`UdpClient::new`].
+        iface: MulticastIface,
+        /// Multicast TTL (IPv4) or hop limit (IPv6), 0..=255: 0 keeps
+        /// datagrams on this host.
         ttl: u32,
     },
+}
+
+/// The interface a [`Target::Multicast`] sends from and joins the group
+/// downlink on, as the user named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MulticastIface {
+    /// The kernel's choice (the route to the group).
+    Any,
+    /// The interface that holds this address. An IPv4 address is used as
+    /// it is for an IPv4 group, without looking it up.
+    Addr(IpAddr),
+    /// An interface by name (`eth0`, `br-lan`).
+    Name(String),
+    /// An interface by index (as `ip link` numbers them).
+    Index(u32),
+}
+
+impl MulticastIface {
+    /// Reads an interface the way `--iface` takes it: an address (`::`
+    /// and `0.0.0.0` are [`MulticastIface::Any`]), an index (digits
+    /// only), or else a name.
+    ///
+    /// # Errors
+    /// A one-line message when `s` is none of these (a name is 1 to 15
+    /// printable characters without spaces or `/`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(ip.into());
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u32>() {
+                Ok(i) if i > 0 => Ok(MulticastIface::Index(i)),
+                _ => Err(format!("interface index {s} is outside 1..=4294967295")),
+            };
+        }
+        // IFNAMSIZ is 16 with the NUL; the kernel refuses '/' and spaces.
+        let ok =
+            !s.is_empty() && s.len() < 16 && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+        if ok {
+            Ok(MulticastIface::Name(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?} is neither an address, an interface index nor an interface name"
+            ))
+        }
+    }
+}
+
+impl std::str::FromStr for MulticastIface {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        MulticastIface::parse(s)
+    }
+}
+
+impl From<IpAddr> for MulticastIface {
+    fn from(ip: IpAddr) -> Self {
+        if ip.is_unspecified() {
+            MulticastIface::Any
+        } else {
+            MulticastIface::Addr(ip)
+        }
+    }
+}
+
+impl From<Ipv4Addr> for MulticastIface {
+    fn from(ip: Ipv4Addr) -> Self {
+        IpAddr::V4(ip).into()
+    }
+}
+
+impl From<Ipv6Addr> for MulticastIface {
+    fn from(ip: Ipv6Addr) -> Self {
+        IpAddr::V6(ip).into()
+    }
+}
+
+impl fmt::Display for MulticastIface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MulticastIface::Any => f.write_str("any"),
+            MulticastIface::Addr(a) => write!(f, "{a}"),
+            MulticastIface::Name(n) => f.write_str(n),
+            MulticastIface::Index(i) => write!(f, "index {i}"),
+        }
+    }
+}
+
+/// A [`MulticastIface`] resolved for one family, once, at
+/// [`UdpClient::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutIface {
+    /// IPv4: the interface's address (unspecified: the kernel's choice).
+    V4(Ipv4Addr),
+    /// IPv6: the interface's index (0: the kernel's choice).
+    V6(u32),
 }
 
 /// Why a client call failed.
@@ -178,8 +285,13 @@ impl From<io::Error> for ConnectError {
 /// the timers run: call it regularly (a short timeout in a loop is fine).
 pub struct UdpClient {
     sock: UdpSocket,
-    target: Target,
     dest: SocketAddr,
+    /// Where HELLOs of a fresh handshake go for a group target: the group
+    /// (for IPv6 with the interface as its scope).
+    group_dest: Option<SocketAddr>,
+    /// The group target's interface, resolved: group sends leave by it,
+    /// and the downlink is joined on it.
+    out_iface: Option<OutIface>,
     /// Where answers come from; learnt from the first SERVER_KEY when
     /// sending to a group.
     server: Option<SocketAddr>,
@@ -271,15 +383,22 @@ impl Tries {
 impl UdpClient {
     /// Opens a socket for `target` (nothing is sent yet). Keepalives and
     /// automatic recovery start switched off.
+    ///
+    /// # Errors
+    /// Socket errors; for a [`Target::Multicast`], also `NotFound` when
+    /// its interface does not exist (or, for an IPv4 group, has no IPv4
+    /// address) and `InvalidInput` when the group is not multicast or the
+    /// TTL is over 255, each with a one-line message.
     pub fn new(target: Target, opts: ClientOptions) -> io::Result<Self> {
-        let (sock, dest, server) = match target {
+        let (sock, dest, server, out_iface) = match target {
             Target::Unicast(addr) => {
+                let addr = unscoped_unless_link_local(addr);
                 let bind: SocketAddr = if addr.is_ipv4() {
                     (Ipv4Addr::UNSPECIFIED, 0).into()
                 } else {
-                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
                 };
-                (UdpSocket::bind(bind)?, addr, Some(addr))
+                (UdpSocket::bind(bind)?, addr, Some(addr), None)
             }
             Target::Multicast {
                 group,
@@ -287,18 +406,22 @@ impl UdpClient {
                 iface,
                 ttl,
             } => {
-                let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-                s.set_multicast_if_v4(&iface)?;
-                s.set_multicast_ttl_v4(ttl)?;
-                s.set_multicast_loop_v4(true)?;
-                s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).into())?;
-                (s.into(), SocketAddr::from((group, port)), None)
+                if !group.is_multicast() {
+                    return Err(invalid(format!("{group} is not a multicast group")));
+                }
+                if ttl > 255 {
+                    return Err(invalid(format!("multicast TTL {ttl} is outside 0..=255")));
+                }
+                let out = resolve_iface(&iface, group.is_ipv6())?;
+                let (sock, dest) = open_multicast(group, port, out, ttl)?;
+                (sock, dest, None, Some(out))
             }
         };
         Ok(UdpClient {
             sock,
-            target,
             dest,
+            group_dest: out_iface.map(|_| dest),
+            out_iface,
             server,
             // The shell's part of a sans-IO core: the OS's entropy and clock.
             core: ClientCore::new(opts, Instant::now(), unix_now(), rand::random()),
@@ -420,8 +543,8 @@ impl UdpClient {
     /// the established session, with the server it has.
     fn send_hello(&mut self, fresh: bool) -> io::Result<()> {
         let hello = if fresh {
-            if let Target::Multicast { group, port, .. } = self.target {
-                self.dest = SocketAddr::from((group, port));
+            if let Some(group) = self.group_dest {
+                self.dest = group;
                 self.server = None;
             }
             self.core.hello()
@@ -577,29 +700,40 @@ impl UdpClient {
     /// The interface to join an IPv4 downlink on: the target's, else the
     /// local address that routes to the server.
     fn join_iface(&self) -> Ipv4Addr {
-        if let Target::Multicast { iface, .. } = self.target {
-            if !iface.is_unspecified() {
-                return iface;
+        if let Some(OutIface::V4(ip)) = self.out_iface {
+            if !ip.is_unspecified() {
+                return ip;
             }
         }
-        let local = self.server.and_then(|server| {
-            let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-            probe.connect(server).ok()?; // no datagram: only a route lookup
-            probe.local_addr().ok()
-        });
-        match local.map(|a| a.ip()) {
+        match self.server.and_then(local_route) {
             Some(IpAddr::V4(ip)) => ip,
             _ => Ipv4Addr::UNSPECIFIED,
         }
     }
 
-    /// The interface index to join an IPv6 downlink on: the server's scope
-    /// (a link-local server), else 0, any interface.
+    /// The interface index to join an IPv6 downlink on: the target's, else
+    /// the server's scope (a link-local server), else the interface that
+    /// holds the local address routing to the server, else 0 (the kernel's
+    /// choice).
     fn join_index(&self) -> u32 {
-        match self.server {
-            Some(SocketAddr::V6(a)) => a.scope_id(),
-            _ => 0,
+        if let Some(OutIface::V6(index)) = self.out_iface {
+            if index != 0 {
+                return index;
+            }
         }
+        let Some(SocketAddr::V6(server)) = self.server else {
+            return 0;
+        };
+        if server.scope_id() != 0 {
+            return server.scope_id();
+        }
+        let Some(IpAddr::V6(local)) = local_route(SocketAddr::V6(server)) else {
+            return 0;
+        };
+        snapshot()
+            .ok()
+            .and_then(|now| now.into_iter().find(|i| i.v6.contains(&local)))
+            .map_or(0, |i| i.index)
     }
 
     /// Retries the background handshake the core started to leave group
@@ -898,6 +1032,129 @@ fn recv_datagram(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<(usize, 
     }
 }
 
+/// `addr` as the server's answers will come from: the kernel gives a
+/// scope (and the flow label) only to link-local sources, and answers are
+/// matched to the server's address exactly.
+fn unscoped_unless_link_local(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) if !a.ip().is_unicast_link_local() => {
+            SocketAddr::V6(SocketAddrV6::new(*a.ip(), a.port(), 0, 0))
+        }
+        SocketAddr::V6(a) => SocketAddr::V6(SocketAddrV6::new(*a.ip(), a.port(), 0, a.scope_id())),
+        v4 => v4,
+    }
+}
+
+/// The local address the system would send from to reach `server` (a
+/// route lookup: connecting a UDP socket sends nothing).
+fn local_route(server: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let probe = UdpSocket::bind(bind).ok()?;
+    probe.connect(server).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+fn not_found(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, msg)
+}
+
+/// Resolves `iface` for a group of one family: an IPv4 group needs the
+/// interface's IPv4 address (IP_MULTICAST_IF, and the IPv4 join, take
+/// one), an IPv6 group its index (IPv6 multicast is per interface).
+///
+/// # Errors
+/// `NotFound`, with a one-line message, when no interface matches or an
+/// IPv4 group's interface has no IPv4 address.
+fn resolve_iface(iface: &MulticastIface, v6: bool) -> io::Result<OutIface> {
+    match (iface, v6) {
+        (MulticastIface::Any, false) => return Ok(OutIface::V4(Ipv4Addr::UNSPECIFIED)),
+        (MulticastIface::Any, true) => return Ok(OutIface::V6(0)),
+        // As IPv4 clients always did: the kernel checks the address.
+        (MulticastIface::Addr(IpAddr::V4(a)), false) => return Ok(OutIface::V4(*a)),
+        (MulticastIface::Name(name), true) => {
+            let index = CString::new(name.as_str())
+                // SAFETY: a valid NUL-terminated string, read only.
+                .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
+                .unwrap_or(0);
+            return match index {
+                0 => Err(not_found(format!("no interface named {name}"))),
+                i => Ok(OutIface::V6(i)),
+            };
+        }
+        _ => {}
+    }
+    // An address to find, an index to check, or an IPv4 group's interface
+    // by name or index, which needs its address.
+    let now = snapshot()?;
+    let found = now.iter().find(|i| match iface {
+        MulticastIface::Any => false,
+        MulticastIface::Addr(IpAddr::V4(a)) => i.v4.contains(a),
+        MulticastIface::Addr(IpAddr::V6(a)) => i.v6.contains(a),
+        MulticastIface::Name(n) => i.name == *n,
+        MulticastIface::Index(x) => i.index == *x,
+    });
+    let Some(found) = found else {
+        return Err(not_found(match iface {
+            MulticastIface::Addr(a) => format!("no interface has the address {a}"),
+            MulticastIface::Name(n) => format!("no interface named {n}"),
+            other => format!("no interface of {other}"),
+        }));
+    };
+    if v6 {
+        return Ok(OutIface::V6(found.index));
+    }
+    match found.v4.first() {
+        Some(a) => Ok(OutIface::V4(*a)),
+        None => Err(not_found(format!(
+            "interface {} has no IPv4 address to send an IPv4 group from",
+            found.name
+        ))),
+    }
+}
+
+/// The socket of a group target, sending out of `out` with `ttl` (TTL or
+/// hop limit), looped back so that a relay on this host hears it; and the
+/// destination, which for IPv6 carries the interface as its scope.
+fn open_multicast(
+    group: IpAddr,
+    port: u16,
+    out: OutIface,
+    ttl: u32,
+) -> io::Result<(UdpSocket, SocketAddr)> {
+    match (group, out) {
+        (IpAddr::V4(group), OutIface::V4(iface)) => {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_multicast_if_v4(&iface)?;
+            s.set_multicast_ttl_v4(ttl)?;
+            s.set_multicast_loop_v4(true)?;
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+            Ok((s.into(), SocketAddr::from((group, port))))
+        }
+        (IpAddr::V6(group), OutIface::V6(index)) => {
+            let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_only_v6(true)?;
+            if index != 0 {
+                s.set_multicast_if_v6(index)?;
+            }
+            s.set_multicast_hops_v6(ttl)?;
+            s.set_multicast_loop_v6(true)?;
+            s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into())?;
+            // A link-local group (ff02::) means nothing without its link;
+            // the kernel ignores the scope of wider groups.
+            let dest = SocketAddrV6::new(group, port, 0, index);
+            Ok((s.into(), SocketAddr::V6(dest)))
+        }
+        _ => Err(invalid(format!("{group}: interface of the other family"))),
+    }
+}
+
 /// A socket on the downlink's port, member of its group on `iface` (IPv4)
 /// or on the interface of index `index` (IPv6; 0: the system's choice).
 /// SO_REUSEADDR lets several clients of one host bind the port; each gets
@@ -941,4 +1198,176 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loopback's index and name, as every Linux host has it.
+    fn lo() -> (u32, String) {
+        let now = snapshot().unwrap();
+        let lo = now.iter().find(|i| i.v4.contains(&Ipv4Addr::LOCALHOST));
+        let lo = lo.expect("an interface holding 127.0.0.1");
+        (lo.index, lo.name.clone())
+    }
+
+    #[test]
+    fn iface_parses_as_address_index_or_name() {
+        use MulticastIface::*;
+        for (text, want) in [
+            ("::", Ok(Any)),
+            ("0.0.0.0", Ok(Any)),
+            ("10.0.0.1", Ok(Addr("10.0.0.1".parse().unwrap()))),
+            ("fe80::1", Ok(Addr("fe80::1".parse().unwrap()))),
+            ("3", Ok(Index(3))),
+            ("eth0", Ok(Name("eth0".into()))),
+            ("lan0.20", Ok(Name("lan0.20".into()))),
+            ("br-lan", Ok(Name("br-lan".into()))),
+        ] {
+            assert_eq!(MulticastIface::parse(text), want, "{text}");
+        }
+        for bad in [
+            "",
+            "0",
+            "99999999999",
+            "a/b",
+            "two words",
+            "sixteen-chars-xx",
+        ] {
+            assert!(MulticastIface::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_iface_resolves_to_an_index_for_ipv6_and_an_address_for_ipv4() {
+        let (index, name) = lo();
+        for iface in [
+            MulticastIface::Name(name.clone()),
+            MulticastIface::Index(index),
+            MulticastIface::Addr(Ipv6Addr::LOCALHOST.into()),
+            MulticastIface::Addr(Ipv4Addr::LOCALHOST.into()),
+        ] {
+            assert_eq!(
+                resolve_iface(&iface, true).unwrap(),
+                OutIface::V6(index),
+                "{iface}"
+            );
+            assert_eq!(
+                resolve_iface(&iface, false).unwrap(),
+                OutIface::V4(Ipv4Addr::LOCALHOST),
+                "{iface}"
+            );
+        }
+        assert_eq!(
+            resolve_iface(&MulticastIface::Any, true).unwrap(),
+            OutIface::V6(0)
+        );
+        let missing = MulticastIface::Name("nosuch0".into());
+        for v6 in [true, false] {
+            let e = resolve_iface(&missing, v6).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound);
+            assert_eq!(e.to_string(), "no interface named nosuch0");
+        }
+        let e = resolve_iface(&MulticastIface::Index(u32::MAX), true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[test]
+    fn an_ipv6_group_target_sends_by_index_with_the_ttl_as_hop_limit() {
+        let (index, name) = lo();
+        let target = Target::Multicast {
+            group: "ff02::77".parse().unwrap(),
+            port: 5007,
+            iface: MulticastIface::Name(name),
+            ttl: 7,
+        };
+        let c = UdpClient::new(target, ClientOptions::default()).unwrap();
+        let sock = socket2::SockRef::from(&c.sock);
+        assert_eq!(sock.multicast_if_v6().unwrap(), index);
+        assert_eq!(sock.multicast_hops_v6().unwrap(), 7);
+        assert!(sock.multicast_loop_v6().unwrap());
+        let want = SocketAddrV6::new("ff02::77".parse().unwrap(), 5007, 0, index);
+        assert_eq!(c.group_dest, Some(SocketAddr::V6(want)));
+        // The downlink is joined where the group is sent.
+        assert_eq!(c.join_index(), index);
+
+        let target = Target::Multicast {
+            group: "239.255.0.77".parse().unwrap(),
+            port: 5007,
+            iface: MulticastIface::Index(index),
+            ttl: 3,
+        };
+        let c = UdpClient::new(target, ClientOptions::default()).unwrap();
+        let sock = socket2::SockRef::from(&c.sock);
+        assert_eq!(sock.multicast_if_v4().unwrap(), Ipv4Addr::LOCALHOST);
+        assert_eq!(sock.multicast_ttl_v4().unwrap(), 3);
+        assert_eq!(c.join_iface(), Ipv4Addr::LOCALHOST);
+
+        for (group, ttl) in [("10.0.0.1", 1), ("ff02::77", 256)] {
+            let target = Target::Multicast {
+                group: group.parse().unwrap(),
+                port: 5007,
+                iface: MulticastIface::Any,
+                ttl,
+            };
+            let e = UdpClient::new(target, ClientOptions::default()).err();
+            assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::InvalidInput));
+        }
+    }
+
+    #[test]
+    fn an_ipv6_unicast_client_joins_on_the_interface_routing_to_the_server() {
+        let (index, _) = lo();
+        let server = SocketAddr::from((Ipv6Addr::LOCALHOST, 5007));
+        let c = UdpClient::new(Target::Unicast(server), ClientOptions::default()).unwrap();
+        // Known once a server answered; the target's is used until then.
+        let c = UdpClient {
+            server: Some(server),
+            ..c
+        };
+        assert_eq!(c.join_index(), index);
+        // A link-local server names its interface itself.
+        let scoped = SocketAddrV6::new("fe80::1".parse().unwrap(), 5007, 0, 42);
+        let c = UdpClient {
+            server: Some(SocketAddr::V6(scoped)),
+            ..c
+        };
+        assert_eq!(c.join_index(), 42);
+        // Answers from a global address carry no scope: none is kept.
+        let target = "[::1%7]:5007".parse().unwrap();
+        let c = UdpClient::new(Target::Unicast(target), ClientOptions::default()).unwrap();
+        assert_eq!(c.server, Some(server));
+    }
+
+    /// The memberships of interface `index` in /proc/net/igmp6, as group hex.
+    fn igmp6(index: u32) -> Vec<String> {
+        let table = std::fs::read_to_string("/proc/net/igmp6").unwrap();
+        table
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first()?.parse::<u32>().ok()? == index)
+                    .then(|| f.get(2).map(|g| g.to_string()))?
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_ipv6_downlink_is_joined_on_the_interface_index_and_left_on_close() {
+        let (index, _) = lo();
+        let port = UdpSocket::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // A group of this test's own, so that parallel tests cannot mix in.
+        let group = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0x6d63, port);
+        let hex: String = group.octets().iter().map(|b| format!("{b:02x}")).collect();
+        let addr = SocketAddr::from((group, port));
+        let sock = join_downlink(addr, Ipv4Addr::UNSPECIFIED, index).unwrap();
+        assert!(igmp6(index).contains(&hex), "{:?}", igmp6(index));
+        drop(sock);
+        assert!(!igmp6(index).contains(&hex), "left with the socket");
+    }
 }

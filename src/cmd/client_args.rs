@@ -1,12 +1,13 @@
 //! The flags `chat`, `send` and `listen` share, and the connection step
 //! they share: open the socket, handshake, tell the user the server's key.
 
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::ffi::CString;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs};
 use std::time::Duration;
 
 use mcrelay::wire::{RejectReason, MAX_ACCESS_TOKEN_LEN};
 use mcrelay::{ClientError, ClientOptions};
-use mcrelay::{ConnectError, Target, UdpClient, DEFAULT_KEEPALIVE};
+use mcrelay::{ConnectError, MulticastIface, Target, UdpClient, DEFAULT_KEEPALIVE};
 
 use super::{opt, read_token_file};
 
@@ -16,13 +17,19 @@ pub fn help(keepalive: bool) -> String {
     let mut h = String::from(
         "\
 CONNECTION (unicast unless --group is given):
-    --server HOST:PORT    the relay's unicast address [default: 127.0.0.1:5007]
-    --group ADDR          reach the relay through this multicast group instead
+    --server HOST:PORT    the relay's unicast address, IPv4 or IPv6 in brackets
+                          ([2001:db8::1]:5007; link-local with its interface,
+                          [fe80::1%eth0]:5007) [default: 127.0.0.1:5007]
+    --group ADDR          reach the relay through this multicast group instead,
+                          IPv4 (239.255.0.77) or IPv6 (ff02::77)
                           [default: none, unicast to --server]
     --port PORT           the group's UDP port (with --group) [default: 5007]
-    --iface ADDR          interface to send group traffic from (with --group)
-                          [default: 0.0.0.0, the kernel's choice]
-    --ttl N               multicast TTL (with --group); 0 keeps it on this host [default: 1]
+    --iface NAME|ADDR     interface to send group traffic from and to join the group
+                          downlink on (with --group): a name (eth0, br-lan), one of its
+                          addresses, or for IPv6 its index [default: the kernel's choice;
+                          an IPv6 link-local group such as ff02::77 needs one]
+    --ttl N               multicast TTL, or hop limit for IPv6 (with --group), 0..=255;
+                          0 keeps it on this host [default: 1]
     --no-group            do not ask a v2 relay for group mode (one signed multicast copy of
                           each message for all members); have every message sent to this
                           client alone [default: ask; a client that hears nothing on the
@@ -69,9 +76,9 @@ pub struct ClientArgs {
 /// Consumes the shared flags (and `--keepalive` when `keepalive`) from `args`.
 pub fn parse(args: &mut pico_args::Arguments, keepalive: bool) -> Result<ClientArgs, String> {
     let server: Option<String> = opt(args, "--server")?;
-    let group: Option<Ipv4Addr> = opt(args, "--group")?;
+    let group: Option<IpAddr> = opt(args, "--group")?;
     let port: Option<u16> = opt(args, "--port")?;
-    let iface: Option<Ipv4Addr> = opt(args, "--iface")?;
+    let iface: Option<MulticastIface> = opt(args, "--iface")?;
     let ttl: Option<u32> = opt(args, "--ttl")?;
     let (target, describe) = match group {
         Some(_) if server.is_some() => {
@@ -86,14 +93,18 @@ pub fn parse(args: &mut pico_args::Arguments, keepalive: bool) -> Result<ClientA
             if ttl > 255 {
                 return Err(format!("--ttl {ttl} is outside 0..=255"));
             }
-            let iface = iface.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let iface = iface.unwrap_or(MulticastIface::Any);
+            let mut describe = format!("group {}", SocketAddr::new(group, port));
+            if iface != MulticastIface::Any {
+                describe.push_str(&format!(" on {iface}"));
+            }
             let target = Target::Multicast {
                 group,
                 port,
                 iface,
                 ttl,
             };
-            (target, format!("group {group}:{port}"))
+            (target, describe)
         }
         None => {
             if port.is_some() || iface.is_some() || ttl.is_some() {
@@ -162,11 +173,17 @@ fn seconds(v: Option<f64>, name: &str) -> Result<Option<Duration>, String> {
     }
 }
 
-/// HOST:PORT to an address; IPv4 first, since the relay speaks IPv4.
+/// HOST:PORT to an address. A name that resolves to both families gives
+/// its IPv4 address: a relay always serves IPv4, IPv6 only where the host
+/// has it. A link-local IPv6 address may name its interface
+/// (`[fe80::1%eth0]:5007`): the name becomes the numeric scope.
 fn resolve(server: &str) -> Result<SocketAddr, String> {
+    if let Some(addr) = scoped_by_name(server)? {
+        return Ok(addr);
+    }
     let addrs: Vec<SocketAddr> = server
         .to_socket_addrs()
-        .map_err(|e| format!("bad --server '{server}' (expected HOST:PORT): {e}"))?
+        .map_err(|e| format!("bad --server '{server}' (expected HOST:PORT, [IPv6]:PORT): {e}"))?
         .collect();
     addrs
         .iter()
@@ -176,10 +193,39 @@ fn resolve(server: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--server '{server}' resolves to no address"))
 }
 
+/// `[ADDR%NAME]:PORT` with an interface name as the scope, which
+/// `SocketAddr` does not parse (it takes `%3` only); None for any other
+/// form.
+fn scoped_by_name(server: &str) -> Result<Option<SocketAddr>, String> {
+    let Some((host, port)) = server
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("]:"))
+    else {
+        return Ok(None);
+    };
+    let Some((ip, name)) = host.split_once('%') else {
+        return Ok(None);
+    };
+    if name.parse::<u32>().is_ok() {
+        return Ok(None); // numeric: SocketAddr reads it
+    }
+    let bad = |why: String| format!("bad --server '{server}': {why}");
+    let ip: Ipv6Addr = ip.parse().map_err(|e| bad(format!("{e}")))?;
+    let port: u16 = port.parse().map_err(|e| bad(format!("port: {e}")))?;
+    let index = CString::new(name)
+        // SAFETY: a valid NUL-terminated string, read only.
+        .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
+        .unwrap_or(0);
+    if index == 0 {
+        return Err(bad(format!("no interface named {name}")));
+    }
+    Ok(Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, index))))
+}
+
 /// Opens the socket and runs the handshake. Without a pin, prints the
 /// server's fingerprint on stderr so that the user can pin it next time.
 pub fn connect(a: &ClientArgs) -> Result<UdpClient, String> {
-    let mut c = UdpClient::new(a.target, a.opts.clone())
+    let mut c = UdpClient::new(a.target.clone(), a.opts.clone())
         .map_err(|e| format!("cannot open a UDP socket for {}: {e}", a.describe))?;
     c.connect(a.timeout)
         .map_err(|e| connect_error(&e, a.describe.as_str(), a.timeout))?;

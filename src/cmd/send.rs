@@ -21,7 +21,7 @@ trailing newline. Exits 0 once the server welcomed the session and the message
 went out; non-zero, with a one-line error, if the server is silent for the
 timeout, refuses the session twice (e.g. wrong token), or only keys other than
 --pin answer within the timeout (a forged answer is waited out, not obeyed).
-Messages over 49046 bytes (about 48 KiB) are refused before anything is sent.
+Messages over 49009 bytes (about 48 KiB) are refused before anything is sent.
 
 ";
 

@@ -149,9 +149,9 @@ impl Server {
     /// A client that reaches the server through the multicast group.
     pub fn group_client(&self) -> UdpClient {
         let target = Target::Multicast {
-            group: GROUP,
+            group: GROUP.into(),
             port: self.port,
-            iface: Ipv4Addr::LOCALHOST,
+            iface: Ipv4Addr::LOCALHOST.into(),
             ttl: 0,
         };
         UdpClient::new(target, ClientOptions::default()).unwrap()

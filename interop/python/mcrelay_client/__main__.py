@@ -1,5 +1,9 @@
 """Command line: ``python3 -m mcrelay_client {listen,send} --server HOST:PORT ...``.
 
+``--server`` takes an IPv6 address in brackets (``[::1]:5007``); ``--group``
+an IPv4 or IPv6 group, with ``--iface`` (for IPv6 a name, an index or an
+address) and ``--ttl`` (TTL or hop limit, 0 by default: this host only).
+
 ``listen`` prints one line per event and flushes after each:
 ``[id] text``, ``* id joined``, ``* id left (reason)``, ``* server closing``,
 ``* session lost (REASON); reconnecting`` and ``* reconnected as ID`` (a
@@ -20,10 +24,21 @@ from .client import Client
 
 
 def _server(text: str):
+    """``HOST:PORT`` or ``[IPV6]:PORT`` (``[fe80::1%eth0]:5007``) to ``(host, port)``."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError("expected HOST:PORT")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError("expected HOST:PORT or [IPV6]:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError("an IPv6 address goes in brackets: [::1]:5007")
     return host, int(port)
+
+
+def _ttl(text: str) -> int:
+    if not text.isdigit() or int(text) > 255:
+        raise argparse.ArgumentTypeError("expected 0..255")
+    return int(text)
 
 
 def _client(args) -> Client:
@@ -32,7 +47,8 @@ def _client(args) -> Client:
         with open(args.token_file, "rb") as f:
             token = f.read().rstrip(b"\r\n")
     return Client(server=args.server, group=args.group, iface=args.iface, token=token,
-                  pin=args.pin, max_datagram=args.max_datagram, timeout=args.timeout)
+                  pin=args.pin, max_datagram=args.max_datagram, timeout=args.timeout,
+                  ttl=args.ttl)
 
 
 _LOST = {
@@ -92,9 +108,14 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("listen", "send"):
         s = sub.add_parser(name)
-        s.add_argument("--server", type=_server, required=True, metavar="HOST:PORT")
-        s.add_argument("--group", help="send by multicast to GROUP:PORT instead")
-        s.add_argument("--iface", default="127.0.0.1", help="local interface (default 127.0.0.1)")
+        s.add_argument("--server", type=_server, required=True, metavar="HOST:PORT",
+                       help="the relay, HOST:PORT or [IPV6]:PORT (with --group, only PORT counts)")
+        s.add_argument("--group", help="send by multicast to GROUP:PORT instead (IPv4 or IPv6)")
+        s.add_argument("--iface", metavar="NAME|ADDR|INDEX",
+                       help="interface of the group: an address or a name, for IPv6 also an"
+                            " index (default: 127.0.0.1 for IPv4, the kernel's choice for IPv6)")
+        s.add_argument("--ttl", type=_ttl, default=0, metavar="N",
+                       help="multicast TTL or IPv6 hop limit, 0..255 (default 0: this host only)")
         s.add_argument("--token-file", metavar="F", help="file holding the access token")
         s.add_argument("--pin", metavar="HEX", help="expected SHA-256 of the server key (hex)")
         s.add_argument("--max-datagram", type=int, default=1200)

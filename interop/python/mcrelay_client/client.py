@@ -23,8 +23,10 @@ anyone who can send to the client's port can forge them:
 """
 
 import hashlib
+import ipaddress
 import os
 import socket
+import struct
 import time
 from collections import deque
 from typing import Optional, Tuple, Union
@@ -59,6 +61,106 @@ _CLOSING = frozenset({protocol.SERVER_CLOSING})
 _WELCOME = frozenset({protocol.CLIENT_ID})
 
 
+def _resolve(host: str, port: int):
+    """``(family, sockaddr)`` of ``host``; IPv4 first when a name has both
+    (a relay always serves IPv4, IPv6 only where its host has it)."""
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+    for family, _, _, _, sockaddr in infos:
+        if family == socket.AF_INET:
+            return family, sockaddr
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _ipv6_index(iface: Union[str, int, None]) -> int:
+    """The index of an interface given by name, index or IPv6 address (0:
+    the kernel's choice). Raises ``ValueError`` when there is none."""
+    if iface is None or iface == "":
+        return 0
+    if isinstance(iface, int) or str(iface).isdigit():
+        index = int(iface)
+        if index not in {i for i, _ in socket.if_nameindex()}:
+            raise ValueError(f"no interface of index {index}")
+        return index
+    try:
+        addr = ipaddress.IPv6Address(str(iface).split("%")[0])
+    except ValueError:
+        try:
+            return socket.if_nametoindex(str(iface))
+        except OSError:
+            raise ValueError(f"no interface named {iface}") from None
+    # Linux lists every IPv6 address with its interface index here.
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 2 and ipaddress.IPv6Address(int(fields[0], 16)) == addr:
+                    return int(fields[1], 16)
+    except OSError:
+        pass
+    raise ValueError(f"no interface has the address {addr}")
+
+
+def _ipv4_address(iface: Union[str, int, None]) -> str:
+    """The IPv4 address of an interface given by address or name (Linux)."""
+    if iface is None or iface == "":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.IPv4Address(str(iface)))
+    except ValueError:
+        pass
+    import fcntl  # only where an interface is named: Unix
+    name = str(iface).encode()[:15]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            # SIOCGIFADDR: the interface's (first) IPv4 address.
+            ifreq = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name))
+        except OSError:
+            raise ValueError(f"no interface named {iface} with an IPv4 address") from None
+    return socket.inet_ntoa(ifreq[20:24])
+
+
+def _multicast_socket(group: str, port: int, iface, ttl: int):
+    """A socket sending to ``group`` out of ``iface``, and the destination."""
+    if ipaddress.ip_address(group.split("%")[0]).version == 6:
+        index = _ipv6_index(iface)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if index:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+        s.bind(("::", 0))
+        # A link-local group means nothing without its link: the index is its scope.
+        return s, (group.split("%")[0], port, 0, index)
+    addr = _ipv4_address(iface)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(addr))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+    s.bind((addr, 0))
+    return s, (group, port)
+
+
+def _same_source(a, b) -> bool:
+    """True when two socket addresses name the same sender (IPv6: the same
+    address, port and scope, whatever the flow label or spelling)."""
+    if len(a) != len(b):
+        return False
+    if len(a) == 2:
+        return a == b
+    return (ipaddress.ip_address(a[0].split("%")[0]) == ipaddress.ip_address(b[0].split("%")[0])
+            and a[1] == b[1] and a[3] == b[3])
+
+
+def _show(sockaddr) -> str:
+    """``ip:port``, or ``[ip%scope]:port`` for IPv6, as the server writes ids."""
+    if len(sockaddr) == 2:
+        return f"{sockaddr[0]}:{sockaddr[1]}"
+    host = sockaddr[0].split("%")[0]
+    scope = f"%{sockaddr[3]}" if sockaddr[3] else ""
+    return f"[{host}{scope}]:{sockaddr[1]}"
+
+
 class _Attempt:
     """One handshake attempt, from HELLO to WELCOME."""
 
@@ -87,11 +189,21 @@ class _Recovery:
 class Client:
     """One mcrelay session.
 
-    ``server`` is ``(host, port)``. With ``group`` set, every datagram goes to
-    ``(group, port)`` as multicast, out of interface ``iface`` with TTL 0
-    (never leaves the host); the server's unicast address is learned from its
+    ``server`` is ``(host, port)``; the host may be an IPv4 or IPv6 address
+    (a link-local one with its interface, ``fe80::1%eth0``) or a name (its
+    IPv4 address is used when it has both). With ``group`` set, every
+    datagram goes to ``(group, port)`` as multicast, out of interface
+    ``iface`` with TTL (IPv6: hop limit) ``ttl``, 0 by default: it never
+    leaves the host; the server's unicast address is learned from its
     SERVER_KEY answer. Without ``group``, datagrams go to ``server`` by
-    unicast. The socket is bound to ``(iface, 0)``.
+    unicast. The socket's family is the group's, else the server's.
+
+    ``iface``: for an IPv4 group, the interface's address or name
+    (default ``127.0.0.1``); the socket is bound to that address. For an
+    IPv6 group, the interface's name, index or one of its addresses
+    (default: the kernel's choice, which a link-local group such as
+    ``ff02::77`` cannot do without); IPv6 multicast goes by interface
+    index (IPV6_MULTICAST_IF). Unused without ``group``.
 
     ``token`` is the optional access token (1..146 bytes, or a str encoded
     as UTF-8). ``pin`` is the expected hex SHA-256 of the server's DER public
@@ -105,17 +217,18 @@ class Client:
     """
 
     def __init__(self, server: Tuple[str, int] = ("127.0.0.1", 5007), group: Optional[str] = None,
-                 iface: str = "127.0.0.1", token: Union[bytes, str, None] = None,
+                 iface: Union[str, int, None] = None, token: Union[bytes, str, None] = None,
                  pin: Optional[str] = None, max_datagram: int = protocol.DEFAULT_MAX_DATAGRAM,
-                 timeout: float = 5.0, rehandshake: bool = True):
+                 timeout: float = 5.0, rehandshake: bool = True, ttl: int = 0):
         if isinstance(token, str):
             token = token.encode()
         if token is not None and not 1 <= len(token) <= protocol.MAX_ACCESS_TOKEN_LEN:
             raise ValueError(f"access token must be 1..{protocol.MAX_ACCESS_TOKEN_LEN} bytes")
         if not 64 <= max_datagram <= 65507:
             raise ValueError("max_datagram must be 64..65507")
+        if not 0 <= ttl <= 255:
+            raise ValueError("ttl must be 0..255")
         host, port = server
-        self._server = (socket.gethostbyname(host), int(port))
         self.group = group
         self.token = token
         self.pin = pin.replace(":", "").strip().lower() if pin else None
@@ -123,14 +236,18 @@ class Client:
         self.timeout = timeout
         self.rehandshake = rehandshake
         if group:
-            self._dest = (group, self._server[1])
+            # Only the port of ``server`` matters: the answer names the server.
+            self._server = (host, int(port))
+            self._sock, self._dest = _multicast_socket(group, int(port), iface, ttl)
         else:
+            family, self._server = _resolve(host, int(port))
             self._dest = self._server
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        if group:
-            self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface))
-            self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
-        self._sock.bind((iface, 0))
+            self._sock = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                self._sock.bind(("::", 0))
+            else:
+                self._sock.bind(("0.0.0.0", 0))
         self._peer: Optional[Tuple[str, int]] = None if group else self._server
         self._reasm = protocol.Reassembler()
         self._msg_id = int.from_bytes(os.urandom(4), "big")
@@ -217,7 +334,7 @@ class Client:
                     raise errors.Rejected(last_refusal)
                 if self._server_der is None and self.pin_mismatches > pins_before:
                     raise errors.PinMismatch(self.pin, self._last_mismatch)
-                raise errors.HandshakeTimeout(f"no answer from {self._dest[0]}:{self._dest[1]}"
+                raise errors.HandshakeTimeout(f"no answer from {_show(self._dest)}"
                                               f" within {self.timeout:g} s")
             self._pump(min(deadline, next_try))
         return self.client_id
@@ -387,7 +504,7 @@ class Client:
 
     def _accept_source(self, src) -> bool:
         if self._peer is not None:
-            return src == self._peer
+            return _same_source(src, self._peer)
         # Multicast mode before SERVER_KEY: the server answers from its own
         # unicast address, which we learn from that answer.
         return src[1] == self._server[1]
