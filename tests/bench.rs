@@ -60,6 +60,27 @@ fn relay_mode_drives_a_started_relay() {
     );
 }
 
+/// Group mode: the receivers get every message through one signed
+/// multicast datagram on the downlink (loopback), and nothing is lost.
+#[test]
+fn group_mode_delivers_through_the_downlink() {
+    let (ok, json, err) = bench(&[
+        "--group-mode",
+        "--clients",
+        "3",
+        "--runs",
+        "1",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--no-limit",
+    ]);
+    assert!(ok, "{err}");
+    assert!(number(&json, "deliveries_per_s") > 0.0, "{json}");
+    assert!(number(&json, "loss") < 0.5, "most messages arrive: {json}");
+}
+
 #[test]
 fn open_loop_keeps_its_rate() {
     let (ok, json, err) = bench(&[

@@ -55,6 +55,9 @@ LOAD:
                            polling again, so it is woken once per burst (0: every time)
                            [default: 100]
     --runs N               runs per relay; medians are reported [default: 3]
+    --group-mode           receivers ask for group mode (protocol v2): one signed
+                           multicast datagram per message for all of them, on
+                           loopback (the senders are served one by one)
 
 LIMIT AND FOOTPRINT:
     --limit-secs SECS      length of each limit loop [default: 1]
@@ -118,6 +121,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         threads: opt(&mut args, "--threads")?.unwrap_or(2),
         nap: Duration::from_micros(opt(&mut args, "--nap-us")?.unwrap_or(DEFAULT_NAP_US)),
         progress: true,
+        group: args.contains("--group-mode"),
     };
     let mut o = Opts {
         target,

@@ -78,6 +78,7 @@ pub fn measure(exe: &Path, clients: usize) -> Result<Footprint, String> {
     let swarm = swarm::connect(
         busy.addr,
         clients,
+        0,
         Duration::from_secs(30 + clients as u64 / 10),
     )?;
     let handshake_secs = t.elapsed().as_secs_f64();

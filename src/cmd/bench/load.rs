@@ -64,6 +64,9 @@ pub struct Load {
     pub nap: Duration,
     /// Show a progress line on stderr.
     pub progress: bool,
+    /// Receivers ask for group mode (protocol v2): one signed multicast
+    /// datagram per message for all of them.
+    pub group: bool,
 }
 
 /// What one run measured.
@@ -177,7 +180,8 @@ struct Received {
 pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<Outcome, String> {
     let total = load.clients + load.senders;
     let within = Duration::from_secs(30) + Duration::from_millis(20 * total as u64);
-    let mut clients = swarm::connect(server, total, within)?;
+    let group = if load.group { load.clients } else { 0 };
+    let mut clients = swarm::connect(server, total, group, within)?;
     let senders: Vec<Client> = clients.drain(load.clients..).collect();
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
@@ -304,10 +308,16 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
     let Ok(mut poll) = Poll::new() else {
         return r;
     };
+    let n = clients.len();
     for (i, c) in clients.iter_mut().enumerate() {
         let _ = poll
             .registry()
             .register(&mut c.sock, Token(i), Interest::READABLE);
+        if let Some(down) = c.down.as_mut() {
+            let _ = poll
+                .registry()
+                .register(down, Token(n + i), Interest::READABLE);
+        }
     }
     let mut events = Events::with_capacity(clients.len().max(16));
     let mut buf = vec![0u8; 65536];
@@ -321,18 +331,30 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
         }
         let mut got = 0u64;
         for ev in events.iter() {
-            let c = &mut clients[ev.token().0];
+            let (i, downlink) = (ev.token().0 % n, ev.token().0 >= n);
+            let c = &mut clients[i];
             loop {
-                let n = match c.sock.recv_from(&mut buf) {
-                    Ok((n, from)) if from == server => n,
-                    Ok(_) => continue,
+                let sock = match (&c.down, downlink) {
+                    (Some(d), true) => d,
+                    _ => &c.sock,
+                };
+                let (len, from) = match sock.recv_from(&mut buf) {
+                    Ok(x) => x,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => continue,
                 };
-                let _ = c
-                    .core
-                    .handle_datagram(Instant::now(), &buf[..n], &mut out, &mut evs);
-                out.clear();
+                if downlink {
+                    // Anyone may send there: the core checks the signature.
+                    c.core
+                        .handle_downlink(Instant::now(), from, &buf[..len], &mut evs);
+                } else if from == server {
+                    let _ = c
+                        .core
+                        .handle_datagram(Instant::now(), &buf[..len], &mut out, &mut evs);
+                    out.clear();
+                } else {
+                    continue;
+                }
                 for e in evs.drain(..) {
                     let ClientEvent::Message { body, .. } = e else {
                         continue;

@@ -23,6 +23,10 @@ const PARALLEL: usize = 64;
 pub struct Client {
     /// Its socket (non-blocking).
     pub sock: UdpSocket,
+    /// Its downlink socket, when the relay granted it group mode: bound to
+    /// the downlink port and joined to its group on loopback (each member
+    /// gets its own copy from the kernel, as each host of a LAN would).
+    pub down: Option<UdpSocket>,
     /// Its protocol state.
     pub core: ClientCore,
 }
@@ -37,9 +41,15 @@ impl Client {
     }
 }
 
-/// Opens `n` sockets and completes a handshake on each with `server`.
-/// Errors say what went wrong (refused, no answer, too many sockets).
-pub fn connect(server: SocketAddr, n: usize, within: Duration) -> Result<Vec<Client>, String> {
+/// Opens `n` sockets and completes a handshake on each with `server`; the
+/// first `group` of them ask for group mode and join the downlink they are
+/// given. Errors say what went wrong (refused, no answer, too many sockets).
+pub fn connect(
+    server: SocketAddr,
+    n: usize,
+    group: usize,
+    within: Duration,
+) -> Result<Vec<Client>, String> {
     let bind = if server.ip().is_loopback() {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
     } else {
@@ -57,11 +67,12 @@ pub fn connect(server: SocketAddr, n: usize, within: Duration) -> Result<Vec<Cli
             .map_err(|e| format!("poll register: {e}"))?;
         clients.push(Client {
             sock,
+            down: None,
             core: ClientCore::new(
-                // Per-recipient delivery is what this swarm measures: each
-                // client reads its own socket, none joins a downlink.
+                // Without group mode each client reads its own socket
+                // (per-recipient delivery); with it, also its downlink.
                 ClientOptions {
-                    group: false,
+                    group: i < group,
                     ..ClientOptions::default()
                 },
                 Instant::now(),
@@ -74,7 +85,28 @@ pub fn connect(server: SocketAddr, n: usize, within: Duration) -> Result<Vec<Cli
     for c in &mut clients {
         let _ = poll.registry().deregister(&mut c.sock);
     }
-    result.map(|()| clients)
+    result?;
+    for (i, c) in clients.iter_mut().enumerate() {
+        if let Some(dl) = c.core.downlink() {
+            c.down = Some(join_downlink(dl).map_err(|e| format!("client {i} downlink {dl}: {e}"))?);
+        }
+    }
+    Ok(clients)
+}
+
+/// A non-blocking socket on the downlink's port, joined to its IPv4 group
+/// on loopback (where the bench's relay sends it).
+fn join_downlink(dl: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let SocketAddr::V4(dl) = dl else {
+        return Err(io::Error::other("the bench joins IPv4 downlinks only"));
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, dl.port())).into())?;
+    s.join_multicast_v4(dl.ip(), &Ipv4Addr::LOCALHOST)?;
+    s.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(s.into()))
 }
 
 fn handshake_all(
