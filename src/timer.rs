@@ -159,14 +159,14 @@ impl<T> TimerWheel<T> {
         best
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(test)]
     /// Number of scheduled items.
     #[must_use]
     pub fn len(&self) -> usize {
         self.len
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(test)]
     /// True when nothing is scheduled.
     #[must_use]
     pub fn is_empty(&self) -> bool {
