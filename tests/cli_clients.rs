@@ -10,27 +10,13 @@ mod common;
 use std::io::Write;
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cli::*;
 use common::*;
 use mcrelay::wire::LeaveReason;
 use mcrelay::{ClientEvent, ClientOptions};
-
-/// Runs `mcrelay ARGS` to completion with empty stdin.
-fn run(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn fingerprint_of(server: &Server) -> String {
     let line = server.find_log("fingerprint (sha256)").unwrap();

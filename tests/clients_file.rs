@@ -6,25 +6,11 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 
-use common::bin;
+use common::{bin, run};
 use mcrelay::credentials::token_digest;
 use mcrelay::hex;
-
-/// Runs `mcrelay ARGS` to completion with empty stdin.
-fn run(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A fresh directory for this test's files.
 fn tempdir(name: &str) -> PathBuf {

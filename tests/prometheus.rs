@@ -7,7 +7,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -273,20 +272,6 @@ fn the_parser_refuses_what_the_format_forbids() {
         let r = std::panic::catch_unwind(|| parse(bad));
         assert!(r.is_err(), "accepted: {bad:?}");
     }
-}
-
-/// Runs `mcrelay ARGS` to completion.
-fn run(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn tempdir(name: &str) -> PathBuf {

@@ -199,6 +199,21 @@ impl Drop for Server {
     }
 }
 
+/// Runs `mcrelay ARGS` to completion with empty stdin: its exit status,
+/// stdout and stderr.
+pub fn run(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Receives until `pred` matches an event (returned) or the deadline passes
 /// (panics). Events that don't match are collected in `skipped`.
 pub fn expect_event(
