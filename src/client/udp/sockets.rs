@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+#[cfg(doc)]
+use super::{Target, UdpClient};
 use crate::net::iface::snapshot;
 
 /// The interface a [`Target::Multicast`] sends from and joins the group
