@@ -5,4 +5,5 @@
 mod corpus;
 pub mod fuzz;
 pub mod fuzz_federation;
+pub mod net;
 pub mod testrng;
