@@ -17,7 +17,7 @@ impl Sim {
     }
 
     pub(super) fn registered_transmits_only(&self) -> bool {
-        self.out.iter().all(|(dst, _)| self.is_registered(dst))
+        self.net.tx.iter().all(|(dst, _)| self.is_registered(dst))
     }
 
     /// Hands one datagram to the relay, checks its answers, then delivers
@@ -44,8 +44,10 @@ impl Sim {
                 let types: Vec<u16> = Reader::new(&d).flatten().map(|t| t.kind).collect();
                 eprintln!("  {src} -> relay: {} bytes, types {types:x?}", d.len());
             }
-            self.out.clear();
-            self.relay.handle_datagram(self.now, src, &d, &mut self.out);
+            self.net.tx.clear();
+            self.net
+                .relay
+                .handle_datagram(self.net.now, src, &d, &mut self.net.tx);
             let replies = self.after_relay(Some(src), d.len(), unvalidated);
             queue.extend(replies);
         }
@@ -62,7 +64,7 @@ impl Sim {
         });
     }
 
-    /// Checks what the relay just queued in `self.out` and did (events), then
+    /// Checks what the relay just queued in `self.net.tx` and did (events), then
     /// delivers the datagrams to the ClientCores. Returns their replies.
     /// `src`/`len`/`unvalidated` describe the datagram that caused this.
     pub(super) fn after_relay(
@@ -74,7 +76,7 @@ impl Sim {
         let mut registered_before = self.registered.clone();
         registered_before.extend(std::mem::take(&mut self.unregistered_by_shutdown));
         // Events first: they say who is registered now.
-        let events: Vec<Event> = self.relay.drain_events().collect();
+        let events: Vec<Event> = self.net.relay.drain_events().collect();
         for e in events {
             if self.trace {
                 eprintln!("  relay event {e:?}");
@@ -110,13 +112,13 @@ impl Sim {
             }
         }
         assert_eq!(
-            self.relay.client_count(),
+            self.net.relay.client_count(),
             self.registered.len(),
             "client count differs from Joined/Left events"
         );
 
         let sent: Vec<(SocketAddr, Vec<u8>)> =
-            self.out.iter().map(|(a, d)| (a, d.to_vec())).collect();
+            self.net.tx.iter().map(|(a, d)| (a, d.to_vec())).collect();
         let mut to_src = 0usize;
         for (dst, d) in &sent {
             assert!(
@@ -183,8 +185,10 @@ impl Sim {
             let mut out = Vec::new();
             let mut events = Vec::new();
             let c = &mut self.clients[j];
-            c.sniff_cookie(self.now, &d);
-            let _ = c.core.handle_datagram(self.now, &d, &mut out, &mut events);
+            c.sniff_cookie(self.net.now, &d);
+            let _ = c
+                .core
+                .handle_datagram(self.net.now, &d, &mut out, &mut events);
             for e in events {
                 self.client_event(j, e);
             }
@@ -240,17 +244,17 @@ impl Sim {
     pub(super) fn check_state(&self) {
         let limits = &self.config.reassembly;
         assert!(
-            self.relay.reassembly_bytes() <= limits.max_total_bytes,
+            self.net.relay.reassembly_bytes() <= limits.max_total_bytes,
             "reassembly holds {} > {}",
-            self.relay.reassembly_bytes(),
+            self.net.relay.reassembly_bytes(),
             limits.max_total_bytes
         );
-        assert!(self.relay.client_count() <= self.config.max_clients);
-        assert_eq!(self.relay.client_count(), self.registered.len());
-        for c in self.relay.clients(self.now) {
+        assert!(self.net.relay.client_count() <= self.config.max_clients);
+        assert_eq!(self.net.relay.client_count(), self.registered.len());
+        for c in self.net.relay.clients(self.net.now) {
             assert!(c.partials <= limits.max_partials_per_owner);
             assert!(self.registered.contains(&c.id.to_string()));
         }
-        assert!(self.relay.poll_timeout().is_some());
+        assert!(self.net.relay.poll_timeout().is_some());
     }
 }

@@ -19,20 +19,16 @@ use rsa::PublicKey;
 use crate::client::{ClientCore, ClientOptions};
 use crate::reassembly::{Outcome, Reassembler, ReassemblyLimits};
 use crate::relay::config::Config;
-use crate::relay::{Relay, Transmits};
 use crate::session::fernet::FernetKey;
-use crate::session::key::ServerKey;
 use crate::wire::fragment;
 use crate::wire::tlv::{self, Reader};
 use crate::wire::{outer, COOKIE_LEN};
 
 use super::ByteReader;
+use crate::sim::net::{server_key, Net, UNIX_START};
 
 /// Simulated clients at most.
 const CLIENTS: usize = 4;
-/// The wall clock the cores start with (no Fernet timestamp is checked, so
-/// any value works; a fixed one keeps a case reproducible byte for byte).
-const UNIX_START: u64 = 1_700_000_000;
 /// Stranger addresses.
 const STRANGERS: u8 = 4;
 /// Datagrams whose SESSION_KEY reaches RSA per input (~2 ms each).
@@ -45,12 +41,6 @@ const HISTORY: usize = 48;
 const BODY_MAGIC: [u8; 2] = [0xB0, 0xD1];
 /// Timer-wheel resolution of the relay, plus slack.
 const TIMER_SLACK: Duration = Duration::from_millis(150);
-
-/// One key per process: generation costs 60–130 ms.
-fn server_key() -> &'static ServerKey {
-    static KEY: OnceLock<ServerKey> = OnceLock::new();
-    KEY.get_or_init(|| ServerKey::generate().expect("RSA key generation"))
-}
 
 fn server_public() -> &'static PublicKey {
     static PUBLIC: OnceLock<PublicKey> = OnceLock::new();
@@ -165,16 +155,16 @@ struct Recorded {
 }
 
 struct Sim {
-    relay: Relay,
+    /// The relay, the fake clock and the relay's output buffer, shared with
+    /// the unit tests (the clients stay here, with the program's bookkeeping).
+    net: Net,
     config: Config,
     client_max_datagram: usize,
-    now: Instant,
     clients: Vec<SimClient>,
     /// Ids the relay registered, from its events.
     registered: HashSet<String>,
     /// Recorded datagrams: (client address, sent by the relay?, bytes).
     history: VecDeque<Recorded>,
-    out: Transmits,
     rsa_left: u32,
     /// Bodies sent through a ClientCore (sender id, body).
     legit: HashSet<(String, Vec<u8>)>,
@@ -274,8 +264,8 @@ pub struct CoreReport {
 pub fn core_report(data: &[u8]) -> CoreReport {
     let mut input = ByteReader::new(data);
     let config = fuzz_config(&mut input);
-    let key = server_key().clone();
-    let now = Instant::now();
+    let net = Net::new(config.clone());
+    let now = net.now;
     let client_max_datagram = CLIENT_MAX_DATAGRAMS[usize::from(input.u8().unwrap_or(4) & 7)];
     let clients = (0..CLIENTS)
         .map(|i| {
@@ -309,14 +299,12 @@ pub fn core_report(data: &[u8]) -> CoreReport {
         })
         .collect();
     let mut sim = Sim {
-        relay: Relay::new(config.clone(), key, now, UNIX_START, [0x5e; 32]),
+        net,
         config,
         client_max_datagram,
-        now,
         clients,
         registered: HashSet::new(),
         history: VecDeque::new(),
-        out: Transmits::new(),
         rsa_left: RSA_BUDGET,
         legit: HashSet::new(),
         crafted: HashSet::new(),
@@ -334,7 +322,7 @@ pub fn core_report(data: &[u8]) -> CoreReport {
         sim.check_state();
     }
     sim.check_state();
-    let stats = sim.relay.stats();
+    let stats = sim.net.relay.stats();
     sim.report.handshakes = stats.handshakes_completed;
     sim.report.reassembled = stats.reassembled;
     sim.report.left = stats.clients_left + stats.clients_timed_out + stats.clients_kicked;
@@ -446,17 +434,21 @@ impl Sim {
                 let expected = id
                     .parse::<SocketAddr>()
                     .is_ok_and(|a| self.registered.contains(&a.to_string()));
-                self.out.clear();
+                self.net.tx.clear();
                 let kicked = id
                     .parse()
-                    .is_ok_and(|id| self.relay.kick(&id, &mut self.out));
+                    .is_ok_and(|id| self.net.relay.kick(&id, &mut self.net.tx));
                 assert_eq!(kicked, expected, "kick({id:?}) result");
                 self.after_relay(None, 0, false);
             }
             10 => {
-                self.out.clear();
-                self.relay.shutdown(&mut self.out);
-                assert_eq!(self.relay.client_count(), 0, "clients left after shutdown");
+                self.net.tx.clear();
+                self.net.relay.shutdown(&mut self.net.tx);
+                assert_eq!(
+                    self.net.relay.client_count(),
+                    0,
+                    "clients left after shutdown"
+                );
                 assert!(
                     self.registered_transmits_only(),
                     "shutdown sent to strangers"

@@ -66,14 +66,14 @@ impl Sim {
                 }
                 self.rsa_left -= 1;
             }
-            let st = self.relay.stats();
+            let st = self.net.relay.stats();
             let before = (
                 st.messages_relayed,
                 st.clients_left,
                 st.handshakes_completed,
             );
             self.deliver_to_relay(src, d, Origin::Other);
-            let st = self.relay.stats();
+            let st = self.net.relay.stats();
             let after = (
                 st.messages_relayed,
                 st.clients_left,
@@ -160,8 +160,9 @@ impl Sim {
         let cost = chunks + datagrams.len() * CHUNK_OVERHEAD;
         let id = &self.clients[i].id;
         let partials = self
+            .net
             .relay
-            .clients(self.now)
+            .clients(self.net.now)
             .into_iter()
             .find(|c| c.id.to_string() == *id)
             .map_or(usize::MAX, |c| c.partials);
@@ -169,7 +170,7 @@ impl Sim {
             && limits.max_partials_per_owner > 0
             && chunks <= limits.max_message_bytes
             && cost <= limits.max_bytes_per_owner
-            && self.relay.reassembly_bytes() + cost <= limits.max_total_bytes
+            && self.net.relay.reassembly_bytes() + cost <= limits.max_total_bytes
     }
 
     /// Op 11: COOKIE + SESSION_KEY built by the harness for client i's
@@ -228,9 +229,9 @@ impl Sim {
         tlv::put(&mut d, outer::COOKIE, &cookie);
         tlv::put(&mut d, outer::SESSION_KEY, &ciphertext);
         self.rsa_left -= 1;
-        let joined_before = self.relay.stats().handshakes_completed;
+        let joined_before = self.net.relay.stats().handshakes_completed;
         self.deliver_to_relay(addr, d, Origin::Other);
-        if self.relay.stats().handshakes_completed > joined_before && mode & 3 != 3 {
+        if self.net.relay.stats().handshakes_completed > joined_before && mode & 3 != 3 {
             self.clients[i].crafted_key = Some(FernetKey::from_bytes(&key_bytes));
         }
     }
@@ -292,16 +293,16 @@ impl Sim {
 
     /// Runs the relay's timers after moving the clock.
     pub(super) fn advance(&mut self, by: Duration) {
-        let quiet_since = self.now;
-        self.now += by;
-        let now = self.now;
+        let quiet_since = self.net.now;
+        self.net.now += by;
+        let now = self.net.now;
         let mut rounds = 0;
         loop {
-            self.out.clear();
-            self.relay.handle_timeout(now, &mut self.out);
+            self.net.tx.clear();
+            self.net.relay.handle_timeout(now, &mut self.net.tx);
             assert!(self.registered_transmits_only(), "timer sent to strangers");
             self.after_relay(None, 0, false);
-            match self.relay.poll_timeout() {
+            match self.net.relay.poll_timeout() {
                 Some(t) if t <= now => {
                     rounds += 1;
                     assert!(
@@ -316,12 +317,16 @@ impl Sim {
         // Nothing arrived since `quiet_since`: idle clients and stale partial
         // messages must be gone once their deadlines passed.
         if now.saturating_duration_since(quiet_since) >= self.config.client_timeout + TIMER_SLACK {
-            assert_eq!(self.relay.client_count(), 0, "idle clients not timed out");
+            assert_eq!(
+                self.net.relay.client_count(),
+                0,
+                "idle clients not timed out"
+            );
         }
         if now.saturating_duration_since(quiet_since)
             >= self.config.reassembly.max_age + TIMER_SLACK
         {
-            assert_eq!(self.relay.reassembly_bytes(), 0, "stale fragments kept");
+            assert_eq!(self.net.relay.reassembly_bytes(), 0, "stale fragments kept");
         }
     }
 }
