@@ -1,4 +1,4 @@
-//! Socket setup for [`UdpClient`](super::UdpClient): the multicast interface as
+//! Socket setup for [`UdpClient`]: the multicast interface as
 //! the user names it and as resolved per family, waiting on the session and
 //! downlink sockets, reading one datagram, the local route to the server,
 //! and opening and joining multicast sockets.
