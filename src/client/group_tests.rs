@@ -5,7 +5,6 @@
 //! asks, so every datagram's fate is the test's choice.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -42,9 +41,9 @@ fn relay_src() -> SocketAddr {
     "127.0.0.1:5007".parse().unwrap()
 }
 
+/// The fake's key: the shared one of the simulated network.
 fn rsa() -> &'static ServerKey {
-    static KEY: OnceLock<ServerKey> = OnceLock::new();
-    KEY.get_or_init(|| ServerKey::generate().expect("key generation"))
+    crate::sim::net::server_key()
 }
 
 /// What the fake learnt from the client's handshake.

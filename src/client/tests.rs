@@ -3,63 +3,51 @@
 //! relay core on a fake clock. Datagrams are carried by hand, so each test
 //! decides what is delivered, dropped, forged or reordered.
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::client::{ClientCore, ClientError, ClientEvent, ClientOptions};
 use crate::relay::config::Config;
-use crate::relay::{Relay, Transmits};
 use crate::session::key::ServerKey;
+use crate::sim::net::{addr, server_key, Net, UNIX_START};
 use crate::wire::outer::{COOKIE, FRAGMENT, SERVER_KEY};
 use crate::wire::tlv::put;
 use crate::wire::{reject_datagram, RejectReason};
 
-/// Generating RSA keys takes a while: one for the relay, one for a rogue.
-fn keys() -> &'static (ServerKey, ServerKey) {
-    static KEYS: OnceLock<(ServerKey, ServerKey)> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let k = || ServerKey::generate().expect("key generation");
-        (k(), k())
-    })
+/// The relay's key (the shared one of [`crate::sim::net`]) and a rogue's;
+/// generating one takes a while.
+fn keys() -> (&'static ServerKey, &'static ServerKey) {
+    static ROGUE: OnceLock<ServerKey> = OnceLock::new();
+    let rogue = ROGUE.get_or_init(|| ServerKey::generate().expect("key generation"));
+    (server_key(), rogue)
 }
 
-/// A relay with two clients: `a` (under test, with `opts`) and `b`.
+/// The shared simulated network with two clients: `a` (peer 0, under
+/// test, with `opts`) and `b` (peer 1). Datagrams are carried by hand.
 struct Pair {
-    relay: Relay,
-    now: Instant,
-    a: ClientCore,
-    b: ClientCore,
-    tx: Transmits,
+    net: Net,
 }
 
 const A: u16 = 40001;
 const B: u16 = 40002;
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 impl Pair {
     fn new(opts: ClientOptions) -> Pair {
-        let now = Instant::now();
-        let mut p = Pair {
-            relay: Relay::new(
-                // Unicast only: this pair exchanges no downlink datagrams.
-                Config {
-                    group_mode: false,
-                    ..Config::default()
-                },
-                keys().0.clone(),
-                now,
-                1_700_000_000,
-                [1; 32],
-            ),
-            now,
-            a: ClientCore::new(opts, now, 1_700_000_000, [2; 32]),
-            b: ClientCore::new(ClientOptions::default(), now, 1_700_000_000, [3; 32]),
-            tx: Transmits::new(),
-        };
+        // Unicast only: this pair exchanges no downlink datagrams.
+        let mut net = Net::seeded(
+            Config {
+                group_mode: false,
+                ..Config::default()
+            },
+            [1; 32],
+        );
+        let now = net.now;
+        net.add_core(addr(A), ClientCore::new(opts, now, UNIX_START, [2; 32]));
+        net.add_core(
+            addr(B),
+            ClientCore::new(ClientOptions::default(), now, UNIX_START, [3; 32]),
+        );
+        let mut p = Pair { net };
         for port in [A, B] {
             let hello = p.core(port).hello();
             let events = p.exchange(port, vec![hello]);
@@ -71,11 +59,21 @@ impl Pair {
         p
     }
 
+    /// The client under test.
+    fn a(&mut self) -> &mut ClientCore {
+        &mut self.net.peers[0].core
+    }
+
+    /// The other client.
+    fn b(&mut self) -> &mut ClientCore {
+        &mut self.net.peers[1].core
+    }
+
     fn core(&mut self, port: u16) -> &mut ClientCore {
         if port == A {
-            &mut self.a
+            self.a()
         } else {
-            &mut self.b
+            self.b()
         }
     }
 
@@ -83,10 +81,11 @@ impl Pair {
     fn relay_answers(&mut self, port: u16, ds: Vec<Vec<u8>>) -> Vec<(u16, Vec<u8>)> {
         let mut answers = Vec::new();
         for d in ds {
-            self.relay
-                .handle_datagram(self.now, addr(port), &d, &mut self.tx);
-            answers.extend(self.tx.iter().map(|(dst, d)| (dst.port(), d.to_vec())));
-            self.tx.clear();
+            let net = &mut self.net;
+            net.relay
+                .handle_datagram(net.now, addr(port), &d, &mut net.tx);
+            answers.extend(net.tx.iter().map(|(dst, d)| (dst.port(), d.to_vec())));
+            net.tx.clear();
         }
         answers
     }
@@ -94,7 +93,7 @@ impl Pair {
     /// Delivers one datagram to a client; returns its events and replies.
     fn deliver(&mut self, port: u16, d: &[u8]) -> (Vec<ClientEvent>, Vec<Vec<u8>>) {
         let (mut events, mut out) = (Vec::new(), Vec::new());
-        let now = self.now;
+        let now = self.net.now;
         self.core(port)
             .handle_datagram(now, d, &mut out, &mut events)
             .expect("no pin in play");
@@ -124,7 +123,7 @@ impl Pair {
     /// `b` sends `body`; returns what `a` made of it.
     fn b_says(&mut self, body: &[u8]) -> Vec<ClientEvent> {
         let mut out = Vec::new();
-        assert!(self.b.send(body, &mut out));
+        assert!(self.b().send(body, &mut out));
         let mut events = Vec::new();
         for (dst, d) in self.relay_answers(B, out) {
             assert_eq!(dst, A);
@@ -136,7 +135,7 @@ impl Pair {
     /// `a` sends `body`; true if `b` got it.
     fn a_says(&mut self, body: &[u8]) -> bool {
         let mut out = Vec::new();
-        assert!(self.a.send(body, &mut out));
+        assert!(self.a().send(body, &mut out));
         let mut got = false;
         for (dst, d) in self.relay_answers(A, out) {
             if dst == B {
@@ -172,9 +171,9 @@ fn a_forged_reject_is_a_hint_and_the_session_keeps_working() {
         let mut p = Pair::new(ClientOptions::default());
         let (events, out) = p.deliver(A, &reject_datagram(reason));
         assert_eq!(events, [ClientEvent::Rejected(reason)]);
-        assert!(out.is_empty() && p.a.is_established());
-        assert_eq!(p.a.take_hint(), Some(reason));
-        assert_eq!(p.a.take_hint(), None, "taken once");
+        assert!(out.is_empty() && p.a().is_established());
+        assert_eq!(p.a().take_hint(), Some(reason));
+        assert_eq!(p.a().take_hint(), None, "taken once");
         assert!(p.a_says(b"still here"), "{reason:?}: the session is intact");
     }
     // Not a hint: REJECT 3 or 4 while established, or anything before.
@@ -182,17 +181,17 @@ fn a_forged_reject_is_a_hint_and_the_session_keeps_working() {
     for reason in [RejectReason::ServerFull, RejectReason::BadCookie] {
         p.deliver(A, &reject_datagram(reason));
     }
-    assert_eq!(p.a.take_hint(), None);
+    assert_eq!(p.a().take_hint(), None);
     let mut fresh = ClientCore::new(
         ClientOptions::default(),
         Instant::now(),
-        1_700_000_000,
+        UNIX_START,
         [4; 32],
     );
     let (mut out, mut events) = (Vec::new(), Vec::new());
     fresh
         .handle_datagram(
-            p.now,
+            p.net.now,
             &reject_datagram(RejectReason::UnknownSession),
             &mut out,
             &mut events,
@@ -204,8 +203,8 @@ fn a_forged_reject_is_a_hint_and_the_session_keeps_working() {
 #[test]
 fn the_background_handshake_keeps_the_old_session_until_welcomed() {
     let mut p = Pair::new(ClientOptions::default());
-    let hello = p.a.rehandshake();
-    assert!(p.a.is_rehandshaking() && p.a.is_established());
+    let hello = p.a().rehandshake();
+    assert!(p.a().is_rehandshaking() && p.a().is_established());
     let answer = p.relay_answers(A, vec![hello]).remove(0).1;
     // Messages still go out while the server key is on its way (one
     // coming in would prove the hint false, see the next test).
@@ -213,11 +212,11 @@ fn the_background_handshake_keeps_the_old_session_until_welcomed() {
     // SERVER_KEY: the SESSION_KEY goes out, the old session still opens
     // what the server sent before it re-keyed.
     let mut in_flight = Vec::new();
-    assert!(p.b.send(b"in flight", &mut in_flight));
+    assert!(p.b().send(b"in flight", &mut in_flight));
     let in_flight = p.relay_answers(B, in_flight).remove(0).1;
     let (_, session_key) = p.deliver(A, &answer);
     assert_eq!(session_key.len(), 1);
-    assert!(p.a.is_rehandshaking(), "completed only by its WELCOME");
+    assert!(p.a().is_rehandshaking(), "completed only by its WELCOME");
     let welcome = p.relay_answers(A, session_key).remove(0).1;
     let (events, _) = p.deliver(A, &in_flight);
     assert!(
@@ -231,7 +230,7 @@ fn the_background_handshake_keeps_the_old_session_until_welcomed() {
             id: addr(A).to_string()
         }]
     );
-    assert!(!p.a.is_rehandshaking());
+    assert!(!p.a().is_rehandshaking());
     assert!(p.a_says(b"new key"));
     assert!(p.b_says(b"to a").iter().any(|e| is_message(e, b"to a")));
 }
@@ -240,10 +239,10 @@ fn the_background_handshake_keeps_the_old_session_until_welcomed() {
 fn an_authentic_token_before_the_session_key_proves_the_hint_false() {
     let mut p = Pair::new(ClientOptions::default());
     p.deliver(A, &reject_datagram(RejectReason::UnknownSession));
-    let hello = p.a.rehandshake();
+    let hello = p.a().rehandshake();
     let answer = p.relay_answers(A, vec![hello]).remove(0).1;
     p.b_says(b"proof");
-    assert!(!p.a.is_rehandshaking(), "the server still knows us");
+    assert!(!p.a().is_rehandshaking(), "the server still knows us");
     let (events, out) = p.deliver(A, &answer);
     assert!(events.is_empty() && out.is_empty(), "late answer ignored");
     assert!(p.a_says(b"same key"));
@@ -252,8 +251,8 @@ fn an_authentic_token_before_the_session_key_proves_the_hint_false() {
 #[test]
 fn a_token_under_the_pending_key_completes_a_handshake_whose_welcome_was_lost() {
     let mut p = Pair::new(ClientOptions::default());
-    let before = p.a.authentic();
-    let hello = p.a.rehandshake();
+    let before = p.a().authentic();
+    let hello = p.a().rehandshake();
     let answer = p.relay_answers(A, vec![hello]).remove(0).1;
     let (_, session_key) = p.deliver(A, &answer);
     let _lost_welcome = p.relay_answers(A, session_key);
@@ -265,34 +264,34 @@ fn a_token_under_the_pending_key_completes_a_handshake_whose_welcome_was_lost() 
         }
     );
     assert!(is_message(&events[1], b"under the new key"), "{events:?}");
-    assert!(!p.a.is_rehandshaking() && p.a.authentic() > before);
+    assert!(!p.a().is_rehandshaking() && p.a().authentic() > before);
     assert!(p.a_says(b"and back"));
 }
 
 #[test]
 fn a_reject_answering_our_session_key_is_a_refusal_not_a_hint() {
     let mut p = Pair::new(ClientOptions::default());
-    let hello = p.a.rehandshake();
+    let hello = p.a().rehandshake();
     // Before the SESSION_KEY a REJECT 2 cannot answer it: a hint.
     p.deliver(A, &reject_datagram(RejectReason::AuthFailed));
-    assert_eq!(p.a.take_hint(), Some(RejectReason::AuthFailed));
-    assert_eq!(p.a.refusal(), None);
+    assert_eq!(p.a().take_hint(), Some(RejectReason::AuthFailed));
+    assert_eq!(p.a().refusal(), None);
     let answer = p.relay_answers(A, vec![hello]).remove(0).1;
     let (_, session_key) = p.deliver(A, &answer);
     assert_eq!(session_key.len(), 1);
     for reason in [RejectReason::ServerFull, RejectReason::AuthFailed] {
         p.deliver(A, &reject_datagram(reason));
-        assert_eq!(p.a.refusal(), Some(reason));
-        assert_eq!(p.a.take_hint(), None);
+        assert_eq!(p.a().refusal(), Some(reason));
+        assert_eq!(p.a().take_hint(), None);
     }
     // A REJECT 1 then is about the old session: a hint again.
     p.deliver(A, &reject_datagram(RejectReason::UnknownSession));
-    assert_eq!(p.a.take_hint(), Some(RejectReason::UnknownSession));
+    assert_eq!(p.a().take_hint(), Some(RejectReason::UnknownSession));
     // The real WELCOME still wins over the forged refusal.
     let welcome = p.relay_answers(A, session_key).remove(0).1;
     let (events, _) = p.deliver(A, &welcome);
     assert!(matches!(events[..], [ClientEvent::Welcome { .. }]));
-    assert_eq!(p.a.refusal(), None);
+    assert_eq!(p.a().refusal(), None);
 }
 
 #[test]
@@ -308,7 +307,7 @@ fn a_pinned_client_ignores_other_keys_and_takes_the_pinned_one() {
             ..Default::default()
         },
         Instant::now(),
-        1_700_000_000,
+        UNIX_START,
         [5; 32],
     );
     let hello = c.hello();
@@ -316,7 +315,7 @@ fn a_pinned_client_ignores_other_keys_and_takes_the_pinned_one() {
     let (mut out, mut events) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let rogue = rogue_server_key(&answer);
-        match c.handle_datagram(p.now, &rogue, &mut out, &mut events) {
+        match c.handle_datagram(p.net.now, &rogue, &mut out, &mut events) {
             Err(ClientError::PinMismatch { expected, got }) => {
                 assert_eq!((expected, got), (pin.clone(), keys().1.fingerprint()))
             }
@@ -325,11 +324,11 @@ fn a_pinned_client_ignores_other_keys_and_takes_the_pinned_one() {
     }
     assert!(out.is_empty() && events.is_empty());
     assert_eq!(c.pin_mismatches(), 3);
-    c.handle_datagram(p.now, &answer, &mut out, &mut events)
+    c.handle_datagram(p.net.now, &answer, &mut out, &mut events)
         .unwrap();
     assert_eq!(out.len(), 1, "the pinned key is answered");
     let welcome = p.relay_answers(A + 10, out).remove(0).1;
-    c.handle_datagram(p.now, &welcome, &mut Vec::new(), &mut events)
+    c.handle_datagram(p.net.now, &welcome, &mut Vec::new(), &mut events)
         .unwrap();
     assert!(c.is_established(), "{events:?}");
 }
@@ -337,11 +336,11 @@ fn a_pinned_client_ignores_other_keys_and_takes_the_pinned_one() {
 #[test]
 fn broken_datagrams_are_dropped_whole() {
     let mut p = Pair::new(ClientOptions::default());
-    let dropped = p.a.dropped;
+    let dropped = p.a().dropped;
     // A REJECT 1 next to a fragment with count 0: nothing of it is acted on.
     let mut d = reject_datagram(RejectReason::UnknownSession).to_vec();
     put(&mut d, FRAGMENT, &[0, 0, 0, 1, 0, 0, 0, 0, 7]);
     let (events, _) = p.deliver(A, &d);
     assert!(events.is_empty());
-    assert_eq!((p.a.dropped, p.a.take_hint()), (dropped + 1, None));
+    assert_eq!((p.a().dropped, p.a().take_hint()), (dropped + 1, None));
 }

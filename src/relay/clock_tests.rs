@@ -9,155 +9,71 @@
 //! writes are read back from the datagrams to show the injected clock is
 //! the one used. The seeds make a whole run reproducible byte for byte.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client::{ClientCore, ClientEvent, ClientOptions};
+use crate::client::{ClientCore, ClientOptions};
 use crate::relay::config::Config;
-use crate::relay::{Relay, Transmits};
 use crate::session::fernet;
-use crate::session::key::ServerKey;
+use crate::sim::net::{addr, Net, RELAY_ADDR, UNIX_START};
 use crate::wire::outer;
 use crate::wire::tlv::Reader;
 
 /// The relay's (correct) wall clock.
-const RELAY_UNIX: u64 = 1_700_000_000;
+const RELAY_UNIX: u64 = UNIX_START;
 /// Ten minutes: far past the 60 s of future skew the `fernet` crate allowed.
 const TEN_MIN: u64 = 600;
 
-fn server_key() -> ServerKey {
-    // One RSA key for all tests: generating one takes a while in debug builds.
-    static KEY: OnceLock<ServerKey> = OnceLock::new();
-    KEY.get_or_init(|| ServerKey::generate().expect("key generation"))
-        .clone()
+/// The shared simulated network with a relay seeded by `relay_seed`.
+fn net(relay_seed: u8) -> Net {
+    Net::seeded(Config::default(), [relay_seed; 32])
 }
 
-/// A relay and clients, each core with its own clock and seed, routing
-/// every datagram until the network is quiet.
-struct Pair {
-    relay: Relay,
-    now: Instant,
-    clients: Vec<(SocketAddr, ClientCore, Vec<ClientEvent>)>,
-    /// Every datagram in order: (from, to, bytes).
-    trace: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
-    tx: Transmits,
+/// Adds a client whose wall clock reads `unix` now, and connects it.
+fn join(net: &mut Net, unix: u64, seed: u8) -> usize {
+    let at = addr(41000 + net.peers.len() as u16);
+    // Unicast only here: the clocks, not group mode, are under test.
+    let opts = ClientOptions {
+        group: false,
+        ..ClientOptions::default()
+    };
+    let i = net.add_core(at, ClientCore::new(opts, net.now, unix, [seed; 32]));
+    net.connect(i);
+    let p = &net.peers[i];
+    assert!(
+        p.core.is_established(),
+        "client at {unix} not welcomed: {:?}",
+        p.events
+    );
+    i
 }
 
-impl Pair {
-    fn new(relay_seed: u8) -> Self {
-        let now = Instant::now();
-        Pair {
-            relay: Relay::new(
-                Config::default(),
-                server_key(),
-                now,
-                RELAY_UNIX,
-                [relay_seed; 32],
-            ),
-            now,
-            clients: Vec::new(),
-            trace: Vec::new(),
-            tx: Transmits::new(),
-        }
-    }
-
-    fn relay_addr() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 4000))
-    }
-
-    /// Adds a client whose wall clock reads `unix` now, and connects it.
-    fn join(&mut self, unix: u64, seed: u8) -> usize {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 41000 + self.clients.len() as u16));
-        // Unicast only here: the clocks, not group mode, are under test.
-        let opts = ClientOptions {
-            group: false,
-            ..ClientOptions::default()
-        };
-        let mut core = ClientCore::new(opts, self.now, unix, [seed; 32]);
-        let hello = core.hello();
-        self.clients.push((addr, core, Vec::new()));
-        let i = self.clients.len() - 1;
-        self.deliver(i, vec![hello]);
-        let (_, core, events) = &self.clients[i];
-        assert!(
-            core.is_established(),
-            "client at {unix} not welcomed: {events:?}"
-        );
-        i
-    }
-
-    fn deliver(&mut self, from: usize, datagrams: Vec<Vec<u8>>) {
-        let mut queue: VecDeque<(SocketAddr, Vec<u8>)> = datagrams
-            .into_iter()
-            .map(|d| (self.clients[from].0, d))
-            .collect();
-        while let Some((src, d)) = queue.pop_front() {
-            self.trace.push((src, Self::relay_addr(), d.clone()));
-            self.relay.handle_datagram(self.now, src, &d, &mut self.tx);
-            for (dst, d) in self.tx.iter() {
-                self.trace.push((Self::relay_addr(), dst, d.to_vec()));
-                let Some((_, core, events)) = self.clients.iter_mut().find(|c| c.0 == dst) else {
-                    continue;
-                };
-                let mut out = Vec::new();
-                core.handle_datagram(self.now, d, &mut out, events)
-                    .expect("no pin, no client error");
-                queue.extend(out.into_iter().map(|o| (dst, o)));
-            }
-            self.tx.clear();
-        }
-    }
-
-    fn send(&mut self, i: usize, body: &[u8]) {
-        let mut out = Vec::new();
-        assert!(self.clients[i].1.send(body, &mut out));
-        self.deliver(i, out);
-    }
-
-    fn messages(&mut self, i: usize) -> Vec<(String, Vec<u8>)> {
-        self.clients[i]
-            .2
-            .drain(..)
-            .filter_map(|e| match e {
-                ClientEvent::Message { sender, body } => Some((sender, body)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn id(&self, i: usize) -> String {
-        self.clients[i].0.to_string()
-    }
-
-    /// The Fernet timestamps of the tokens (WELCOME, DATA) in datagrams
-    /// `from` → `to` since trace entry `since`.
-    fn stamps(&self, since: usize, from: SocketAddr, to: SocketAddr) -> Vec<u64> {
-        self.trace[since..]
-            .iter()
-            .filter(|(f, t, _)| *f == from && *t == to)
-            .flat_map(|(_, _, d)| {
-                Reader::new(d)
-                    .flatten()
-                    .filter(|t| t.kind == outer::DATA || t.kind == outer::WELCOME)
-                    .filter_map(|t| fernet::timestamp(t.value))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
+/// The Fernet timestamps of the tokens (WELCOME, DATA) in datagrams
+/// `from` → `to` since trace entry `since`.
+fn stamps(net: &Net, since: usize, from: SocketAddr, to: SocketAddr) -> Vec<u64> {
+    net.trace[since..]
+        .iter()
+        .filter(|(f, t, _)| *f == from && *t == to)
+        .flat_map(|(_, _, d)| {
+            Reader::new(d)
+                .flatten()
+                .filter(|t| t.kind == outer::DATA || t.kind == outer::WELCOME)
+                .filter_map(|t| fernet::timestamp(t.value))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[test]
 fn clients_ten_minutes_ahead_and_behind_relay_both_ways() {
-    let mut net = Pair::new(1);
-    let ahead = net.join(RELAY_UNIX + TEN_MIN, 2);
-    let behind = net.join(RELAY_UNIX - TEN_MIN, 3);
-    let relay = Pair::relay_addr();
-    let (a, b) = (net.clients[ahead].0, net.clients[behind].0);
+    let mut net = net(1);
+    let ahead = join(&mut net, RELAY_UNIX + TEN_MIN, 2);
+    let behind = join(&mut net, RELAY_UNIX - TEN_MIN, 3);
+    let relay = RELAY_ADDR;
+    let (a, b) = (net.peers[ahead].addr, net.peers[behind].addr);
     // The handshake tokens (WELCOME, then PEER_JOINED of the second
     // client) already carried the relay's own clock.
-    assert_eq!(net.stamps(0, relay, a), [RELAY_UNIX, RELAY_UNIX]);
+    assert_eq!(stamps(&net, 0, relay, a), [RELAY_UNIX, RELAY_UNIX]);
 
     let mark = net.trace.len();
     net.send(ahead, b"from the future");
@@ -170,23 +86,23 @@ fn clients_ten_minutes_ahead_and_behind_relay_both_ways() {
         net.messages(ahead),
         [(net.id(behind), b"from the past".to_vec())]
     );
-    assert_eq!(net.stamps(mark, a, relay), [RELAY_UNIX + TEN_MIN]);
-    assert_eq!(net.stamps(mark, b, relay), [RELAY_UNIX - TEN_MIN]);
+    assert_eq!(stamps(&net, mark, a, relay), [RELAY_UNIX + TEN_MIN]);
+    assert_eq!(stamps(&net, mark, b, relay), [RELAY_UNIX - TEN_MIN]);
     // The relay re-seals under its own clock for each receiver.
-    assert_eq!(net.stamps(mark, relay, a), [RELAY_UNIX]);
-    assert_eq!(net.stamps(mark, relay, b), [RELAY_UNIX]);
+    assert_eq!(stamps(&net, mark, relay, a), [RELAY_UNIX]);
+    assert_eq!(stamps(&net, mark, relay, b), [RELAY_UNIX]);
     assert_eq!(net.relay.stats().dropped(super::drop::Drop::BadToken), 0);
     assert_eq!(
-        net.clients[ahead].1.dropped + net.clients[behind].1.dropped,
+        net.peers[ahead].core.dropped + net.peers[behind].core.dropped,
         0
     );
 }
 
 #[test]
 fn clocks_at_the_epoch_and_a_century_ahead_work_too() {
-    let mut net = Pair::new(4);
-    let epoch = net.join(0, 5);
-    let century = net.join(RELAY_UNIX + 100 * 365 * 86_400, 6);
+    let mut net = net(4);
+    let epoch = join(&mut net, 0, 5);
+    let century = join(&mut net, RELAY_UNIX + 100 * 365 * 86_400, 6);
     net.send(epoch, b"1970");
     net.send(century, b"2123");
     assert_eq!(net.messages(century), [(net.id(epoch), b"1970".to_vec())]);
@@ -195,38 +111,39 @@ fn clocks_at_the_epoch_and_a_century_ahead_work_too() {
 
 #[test]
 fn the_wall_clock_advances_with_the_monotonic_now() {
-    let mut net = Pair::new(7);
-    let a = net.join(RELAY_UNIX - TEN_MIN, 8);
-    let b = net.join(RELAY_UNIX, 9);
-    let (addr_a, relay) = (net.clients[a].0, Pair::relay_addr());
+    let mut net = net(7);
+    let a = join(&mut net, RELAY_UNIX - TEN_MIN, 8);
+    let b = join(&mut net, RELAY_UNIX, 9);
+    let (addr_a, relay) = (net.peers[a].addr, RELAY_ADDR);
     // Keep both sessions alive across 90 s with keepalives every 10 s.
     for _ in 0..9 {
         net.now += Duration::from_secs(10);
         net.relay.handle_timeout(net.now, &mut net.tx);
         net.tx.clear();
         for i in [a, b] {
-            let mut out = Vec::new();
-            assert!(net.clients[i].1.keepalive(&mut out));
-            net.deliver(i, out);
+            net.keepalive(i);
         }
     }
     let mark = net.trace.len();
     net.send(b, b"later");
     // The relay's token went out under its clock 90 s on; client `a`'s next
     // token, sealed after it handled that datagram, is 90 s on too.
-    assert_eq!(net.stamps(mark, relay, addr_a), [RELAY_UNIX + 90]);
+    assert_eq!(stamps(&net, mark, relay, addr_a), [RELAY_UNIX + 90]);
     let mark = net.trace.len();
     net.send(a, b"reply");
-    assert_eq!(net.stamps(mark, addr_a, relay), [RELAY_UNIX - TEN_MIN + 90]);
+    assert_eq!(
+        stamps(&net, mark, addr_a, relay),
+        [RELAY_UNIX - TEN_MIN + 90]
+    );
     assert_eq!(net.messages(a), [(net.id(b), b"later".to_vec())]);
     assert_eq!(net.messages(b), [(net.id(a), b"reply".to_vec())]);
 }
 
 /// Two clients with skewed clocks join and exchange messages; returns every datagram.
 fn scripted_run(relay_seed: u8) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
-    let mut net = Pair::new(relay_seed);
-    let a = net.join(RELAY_UNIX + TEN_MIN, 10);
-    let b = net.join(RELAY_UNIX - TEN_MIN, 11);
+    let mut net = net(relay_seed);
+    let a = join(&mut net, RELAY_UNIX + TEN_MIN, 10);
+    let b = join(&mut net, RELAY_UNIX - TEN_MIN, 11);
     net.send(a, b"one");
     net.send(b, &[0x42; 3000]); // fragmented on the way out and back
     net.trace

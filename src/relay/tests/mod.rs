@@ -1,8 +1,9 @@
 //! Unit tests of the sans-IO relay core ([`Relay`]) against protocol v1, driven
 //! by a fake clock.
 //!
-//! [`Net`] wires one relay to simulated clients: [`ClientCore`]s, each at its
-//! own `127.0.0.1:4000x` address, and hand-made [`Manual`] clients that build
+//! [`Net`] (the shared simulator of [`crate::sim::net`]) wires one relay to
+//! simulated clients: [`ClientCore`]s, each at its own `127.0.0.1:4000x`
+//! address, and hand-made [`Manual`] clients that build
 //! the handshake and seal arbitrary plaintexts themselves, so tests can send
 //! exactly the bytes they want. Datagrams are routed until the network is
 //! quiet; relay output for an address that is no peer lands in `Net::stray`.
@@ -21,7 +22,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fernet::Fernet;
@@ -34,11 +34,12 @@ use crate::reassembly::{DropReason, ReassemblyLimits};
 use crate::relay::config::Config;
 use crate::relay::drop::Drop;
 use crate::relay::stats::Stats;
-use crate::relay::{ClientId, Event, Relay, Transmits};
-use crate::session::key::ServerKey;
+use crate::relay::{ClientId, Event};
 use crate::wire::fragment;
 use crate::wire::tlv::{self, Reader};
 use crate::wire::{inner, outer, Inner, LeaveReason, RejectReason, MIN_HELLO_LEN};
+
+use crate::sim::net::{addr, Net, UNIX_START};
 
 mod fairness;
 mod fragments;
@@ -51,225 +52,10 @@ mod one_answer;
 mod replay;
 mod v2;
 
-/// The wall clock the relay and the clients are started with (any value
-/// works: no Fernet timestamp is checked).
-pub(super) const UNIX_START: u64 = 1_700_000_000;
-/// Seeds of the cores' generators: fixed, so a failing test replays byte for byte.
-pub(super) const RELAY_SEED: [u8; 32] = [0x5e; 32];
-
-/// The seed of the `i`-th client core of a test.
-fn client_seed(i: usize) -> [u8; 32] {
-    let mut seed = [0xc1; 32];
-    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    seed
-}
-
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-/// A simulated [`ClientCore`] and what it has reported.
-struct Peer {
-    addr: SocketAddr,
-    core: ClientCore,
-    events: Vec<ClientEvent>,
-}
-
-/// One relay, its clients and the fake clock.
-struct Net {
-    relay: Relay,
-    start: Instant,
-    now: Instant,
-    peers: Vec<Peer>,
-    /// Every datagram the relay sent, in order.
-    sent: Vec<(SocketAddr, Vec<u8>)>,
-    /// Relay output for addresses that are no peer (strangers, manual clients).
-    stray: Vec<(SocketAddr, Vec<u8>)>,
-    /// What the relay reported to its owner.
-    events: Vec<Event>,
-    tx: Transmits,
-}
-
 impl Net {
-    fn new(config: Config) -> Self {
-        let start = Instant::now();
-        // One RSA key for all tests: generating one takes a while in debug builds.
-        static KEY: OnceLock<ServerKey> = OnceLock::new();
-        let key = KEY.get_or_init(|| ServerKey::generate().expect("key generation"));
-        Net {
-            relay: Relay::new(config, key.clone(), start, UNIX_START, RELAY_SEED),
-            start,
-            now: start,
-            peers: Vec::new(),
-            sent: Vec::new(),
-            stray: Vec::new(),
-            events: Vec::new(),
-            tx: Transmits::new(),
-        }
-    }
-
-    fn stats(&self) -> &Stats {
-        self.relay.stats()
-    }
-
-    /// Adds a client at `127.0.0.1:40001`, `:40002`, … without connecting it.
-    fn add(&mut self, opts: ClientOptions) -> usize {
-        let port = 40001 + self.peers.len() as u16;
-        self.add_at(addr(port), opts)
-    }
-
-    fn add_at(&mut self, addr: SocketAddr, opts: ClientOptions) -> usize {
-        // These peers are served one by one: this harness delivers unicast
-        // only (group mode has its own tests with hand-made v2 members).
-        let opts = ClientOptions {
-            group: false,
-            ..opts
-        };
-        self.peers.push(Peer {
-            addr,
-            core: ClientCore::new(
-                opts,
-                self.now,
-                UNIX_START + (self.now - self.start).as_secs(),
-                client_seed(self.peers.len()),
-            ),
-            events: Vec::new(),
-        });
-        self.peers.len() - 1
-    }
-
-    /// Sends the peer's HELLO and routes the handshake to its end.
-    fn connect(&mut self, i: usize) {
-        let hello = self.peers[i].core.hello();
-        self.deliver(self.peers[i].addr, &hello);
-    }
-
-    /// Adds and connects a client; it must come out established.
-    fn joined(&mut self, opts: ClientOptions) -> usize {
-        let i = self.add(opts);
-        self.connect(i);
-        assert!(
-            self.peers[i].core.is_established(),
-            "{:?}",
-            self.peers[i].events
-        );
-        self.peers[i].events.clear();
-        i
-    }
-
-    fn addr(&self, i: usize) -> SocketAddr {
-        self.peers[i].addr
-    }
-
-    fn id(&self, i: usize) -> String {
-        self.peers[i].addr.to_string()
-    }
-
-    fn cid(&self, i: usize) -> ClientId {
-        ClientId::new(self.peers[i].addr)
-    }
-
-    /// Delivers one datagram from `src` to the relay and routes until quiet.
-    fn deliver(&mut self, src: SocketAddr, d: &[u8]) {
-        self.deliver_all(src, [d.to_vec()]);
-    }
-
-    fn deliver_all(&mut self, src: SocketAddr, ds: impl IntoIterator<Item = Vec<u8>>) {
-        let mut queue: VecDeque<_> = ds.into_iter().map(|d| (src, d)).collect();
-        while let Some((src, d)) = queue.pop_front() {
-            self.relay.handle_datagram(self.now, src, &d, &mut self.tx);
-            self.route(&mut queue);
-        }
-    }
-
-    /// Hands the relay's output to the peers; their replies join `queue`.
-    fn route(&mut self, queue: &mut VecDeque<(SocketAddr, Vec<u8>)>) {
-        for (dst, d) in self.tx.iter() {
-            self.sent.push((dst, d.to_vec()));
-            match self.peers.iter_mut().find(|p| p.addr == dst) {
-                Some(p) => {
-                    let mut out = Vec::new();
-                    p.core
-                        .handle_datagram(self.now, d, &mut out, &mut p.events)
-                        .expect("client error");
-                    queue.extend(out.into_iter().map(|o| (dst, o)));
-                }
-                None => self.stray.push((dst, d.to_vec())),
-            }
-        }
-        self.tx.clear();
-        self.events.extend(self.relay.drain_events());
-    }
-
-    /// Datagrams a peer produces (not delivered).
-    fn outgoing(
-        &mut self,
-        i: usize,
-        f: impl FnOnce(&mut ClientCore, &mut Vec<Vec<u8>>) -> bool,
-    ) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        assert!(f(&mut self.peers[i].core, &mut out), "peer {i} cannot send");
-        out
-    }
-
-    fn send(&mut self, i: usize, body: &[u8]) {
-        let ds = self.outgoing(i, |c, o| c.send(body, o));
-        self.deliver_all(self.addr(i), ds);
-    }
-
-    fn keepalive(&mut self, i: usize) {
-        let ds = self.outgoing(i, |c, o| c.keepalive(o));
-        self.deliver_all(self.addr(i), ds);
-    }
-
-    /// Moves the clock by `d`, firing the relay's timers exactly at the
-    /// deadlines `poll_timeout` reports on the way.
-    fn advance(&mut self, d: Duration) {
-        let target = self.now + d;
-        let mut last_fired = None;
-        while let Some(t) = self.relay.poll_timeout().filter(|&t| t <= target) {
-            let t = t.max(self.now);
-            assert_ne!(
-                last_fired,
-                Some(t),
-                "poll_timeout stuck at {:?}",
-                t - self.start
-            );
-            last_fired = Some(t);
-            self.now = t;
-            self.relay.handle_timeout(t, &mut self.tx);
-            let mut queue = VecDeque::new();
-            self.route(&mut queue);
-            for (src, d) in queue {
-                self.deliver(src, &d);
-            }
-        }
-        self.now = target;
-    }
-
-    fn take_events(&mut self, i: usize) -> Vec<ClientEvent> {
-        std::mem::take(&mut self.peers[i].events)
-    }
-
-    /// The (sender, body) pairs a peer received, taking its events.
-    fn messages(&mut self, i: usize) -> Vec<(String, Vec<u8>)> {
-        self.take_events(i)
-            .into_iter()
-            .filter_map(|e| match e {
-                ClientEvent::Message { sender, body } => Some((sender, body)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Takes the stray datagrams sent to `dst`.
-    fn take_stray(&mut self, dst: SocketAddr) -> Vec<Vec<u8>> {
-        let (mine, rest) = std::mem::take(&mut self.stray)
-            .into_iter()
-            .partition(|(a, _)| *a == dst);
-        self.stray = rest;
-        mine.into_iter().map(|(_, d)| d).collect()
-    }
-
     /// Sends a HELLO from `src`; returns the SERVER_KEY DER and the COOKIE.
     fn hello_from(&mut self, src: SocketAddr) -> (Vec<u8>, Vec<u8>) {
         self.take_stray(src);
@@ -343,10 +129,6 @@ impl Manual {
         let token = std::str::from_utf8(&tlvs[0].1).unwrap();
         self.fernet.decrypt(token).expect("token under our key")
     }
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn parse(d: &[u8]) -> Vec<(u16, Vec<u8>)> {
