@@ -220,6 +220,11 @@ impl Printer {
                     Json => json(&[("event", "server_full")]),
                 }
             }
+            // The session stays: only this message was refused (v2 §5).
+            (ClientEvent::Rejected(RejectReason::Forbidden), f) => match f {
+                Text => "* the server refused a message: this client may not publish".into(),
+                Json => json(&[("event", "forbidden")]),
+            },
             // A stale cookie only means another HELLO, which the retry sends.
             (ClientEvent::Rejected(RejectReason::BadCookie), _) => return Ok(()),
             (ClientEvent::ServerKey { fingerprint }, _) => {

@@ -33,7 +33,8 @@ use slab::Slab;
 use crate::net::logring;
 use crate::net::prometheus;
 use crate::relay::cookie::ct_eq;
-use crate::relay::{Relay, Transmits};
+use crate::relay::config::credentials::valid_name;
+use crate::relay::{ClientId, Relay, Transmits};
 
 /// Longest command line, without its line ending.
 pub const MAX_LINE: usize = 512;
@@ -71,10 +72,10 @@ const COMMANDS: [&str; 11] = [
 
 const HELP: &str = "\
 help               this list
-clients            one line per client: id, idle seconds, messages/bytes in and out, partial fragments, mode (v1, v2, group)
+clients            one line per client: id, idle seconds, messages/bytes in and out, partial fragments, name (if named), permissions, mode (v1, v2, group)
 stats              counters, one `name value` per line
 stats prometheus   the same in the Prometheus text format (0.0.4)
-kick ID            remove client ID (ip:port); the others are told it was kicked
+kick ID|NAME       remove client ID (ip:port or NAME@ip:port), or every session of NAME; it and the others are told it was kicked
 log LEVEL|off      live log level of this session: error, warn, info, debug, trace or off
 log tail N         the last N lines of the log ring
 fingerprint        SHA-256 fingerprint of the server key
@@ -581,8 +582,9 @@ impl Admin {
                         more += 1;
                         continue;
                     }
+                    let name = c.id.name().map(|n| format!("name={n} "));
                     text.push_str(&format!(
-                        "{} idle={} in={}/{} out={}/{} partials={} mode={}\n",
+                        "{} idle={} in={}/{} out={}/{} partials={} {}perms={} mode={}\n",
                         c.id,
                         c.idle.as_secs(),
                         c.msgs_in,
@@ -590,6 +592,8 @@ impl Admin {
                         c.msgs_out,
                         c.bytes_out,
                         c.partials,
+                        name.unwrap_or_default(),
+                        c.perms,
                         c.mode
                     ));
                 }
@@ -619,8 +623,15 @@ impl Admin {
                 s.reply("OK");
             }
             ("kick", id) if !id.is_empty() => {
-                if id.parse().is_ok_and(|id| relay.kick(&id, out)) {
-                    info!("admin {}: kicked {id}", s.peer);
+                // An id (`ip:port`, `NAME@ip:port`) ends that session; a
+                // bare name every session of that name.
+                let kicked = match id.parse::<ClientId>() {
+                    Ok(cid) => usize::from(relay.kick(&cid, out)),
+                    Err(_) if valid_name(id) => relay.kick_name(id, out),
+                    Err(_) => 0,
+                };
+                if kicked > 0 {
+                    info!("admin {}: kicked {id} ({kicked} sessions)", s.peer);
                     s.reply("OK");
                 } else {
                     s.reply(&format!("ERR no client {id}"));

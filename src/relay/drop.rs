@@ -169,6 +169,9 @@ drops! {
         BadFernetKey = "handshake_bad_fernet_key", reject AuthFailed;
         /// The access token is missing or wrong.
         BadAccessToken = "handshake_bad_access_token", reject AuthFailed;
+        /// With a clients file: no token, or one neither the file nor the
+        /// shared `--token-file` knows (v2 §5).
+        UnknownCredential = "handshake_unknown_credential", reject AuthFailed;
         /// Not a valid Fernet token under the member's key.
         BadToken = "token_bad";
         /// A token plaintext with broken TLV framing.
@@ -183,6 +186,8 @@ drops! {
         Reflected = "token_reflected";
         /// A DATA token without a BODY.
         NoBody = "token_no_body";
+        /// DATA from a client whose permissions do not include publishing.
+        Forbidden = "forbidden", reject Forbidden;
         /// A KEY_REQUEST or PROBE from a client outside group mode.
         NotGroupMember = "group_not_member";
         /// A KEY_REQUEST within a second of the last one answered for
