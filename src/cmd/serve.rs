@@ -12,9 +12,9 @@ use log::{info, warn, LevelFilter};
 use mcrelay::logring;
 use mcrelay::Config;
 use mcrelay::Credentials;
-use mcrelay::{Relay, Transmits};
 use mcrelay::{open_udp, IfaceSpec, Listen, Server, Signals};
 use mcrelay::{Admin, AdminConfig};
+use mcrelay::{Relay, Transmits};
 use mcrelay::{ServerKey, KEY_SIZES};
 
 use super::{finish, many, opt, read_token_file};

@@ -32,8 +32,8 @@ use slab::Slab;
 
 use crate::net::logring;
 use crate::net::prometheus;
-use crate::relay::cookie::ct_eq;
 use crate::relay::config::credentials::valid_name;
+use crate::relay::cookie::ct_eq;
 use crate::relay::{ClientId, Relay, Transmits};
 
 /// Longest command line, without its line ending.

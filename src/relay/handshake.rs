@@ -166,7 +166,9 @@ impl Relay {
         let existing = match existing {
             // The address holds a session under another name: that one
             // leaves, and this one joins as itself.
-            Some(slot) if self.clients.get(slot).and_then(|c| c.id.name()) != admitted.name.as_deref() => {
+            Some(slot)
+                if self.clients.get(slot).and_then(|c| c.id.name()) != admitted.name.as_deref() =>
+            {
                 self.remove(slot, LeaveReason::Bye);
                 None
             }
@@ -224,11 +226,7 @@ impl Relay {
     /// A v2 plaintext (handshake TLVs) whose BIND must be `cookie`, the
     /// COOKIE of its own datagram. Returns the session and the
     /// capabilities asked for.
-    fn open_bound(
-        &self,
-        plain: &[u8],
-        cookie: &[u8],
-    ) -> Result<(Session, u32, Admitted), Drop> {
+    fn open_bound(&self, plain: &[u8], cookie: &[u8]) -> Result<(Session, u32, Admitted), Drop> {
         let h = match Handshake::parse(plain) {
             Ok(h) if ct_eq(h.bind, cookie) => h,
             Ok(_) => return Err(Drop::BindMismatch),
