@@ -1,0 +1,148 @@
+//! Named clients over real sockets (protocol v2 §5): a `pub` sensor, a
+//! `sub` dashboard and a `pubsub` person, each with its own token from a
+//! clients file; who receives what, REJECT 5, names in SENDER_ID and the
+//! notices, revocation by editing the file and SIGHUP while connected, and
+//! unknown tokens refused with REJECT 2.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{drain, expect_event, expect_message, messages, signal, Server, DEADLINE};
+use mcrelay::credentials::token_digest;
+use mcrelay::wire::{LeaveReason, RejectReason};
+use mcrelay::{hex, ClientEvent, ClientOptions, ConnectError, UdpClient};
+
+const SENSOR: &str = "sensor-token-5d1e0c2b9a8f7e6d";
+const DASH: &str = "dashboard-token-4c3b2a19f8e7d6c5";
+const PERSON: &str = "person-token-3b2a1908f7e6d5c4";
+const SIGHUP: i32 = 1;
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mcrelay-named-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes a clients file of `(name, token, perms)` lines, mode 0600.
+fn write_clients(path: &Path, lines: &[(&str, &str, &str)]) {
+    let text: String = lines
+        .iter()
+        .map(|(n, t, p)| format!("{n} {} {p}\n", hex(&token_digest(t.as_bytes()))))
+        .collect();
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, text).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+fn with_token(server: &Server, token: Option<&str>) -> UdpClient {
+    server.client_with(ClientOptions {
+        access_token: token.map(|t| t.as_bytes().to_vec()),
+        ..ClientOptions::default()
+    })
+}
+
+fn joined(server: &Server, token: &str) -> UdpClient {
+    let mut c = with_token(server, Some(token));
+    c.connect(DEADLINE).expect("handshake");
+    c
+}
+
+fn quiet() -> Duration {
+    Duration::from_millis(400)
+}
+
+#[test]
+fn three_named_clients_with_their_permissions_and_a_revocation() {
+    let dir = tempdir("three");
+    let file = dir.join("clients");
+    let all = [
+        ("sensor", SENSOR, "pub"),
+        ("dash", DASH, "sub"),
+        ("person", PERSON, "pubsub"),
+    ];
+    write_clients(&file, &all);
+    let server = Server::start(&["--clients-file", file.to_str().unwrap()]);
+
+    let mut sensor = joined(&server, SENSOR);
+    let mut dash = joined(&server, DASH);
+    let mut person = joined(&server, PERSON);
+    let id = |c: &UdpClient, name: &str| {
+        let id = c.id().unwrap().to_string();
+        let port = c.local_addr().unwrap().port();
+        assert_eq!(id, format!("{name}@127.0.0.1:{port}"));
+        id
+    };
+    let (s_id, d_id, p_id) = (
+        id(&sensor, "sensor"),
+        id(&dash, "dash"),
+        id(&person, "person"),
+    );
+    expect_event(&mut dash, "person joined", |e| {
+        *e == ClientEvent::PeerJoined(p_id.clone())
+    });
+
+    // The sensor publishes; both others read it under its name.
+    assert!(sensor.send(b"21.5 C").unwrap());
+    assert_eq!(expect_message(&mut dash, b"21.5 C"), s_id);
+    assert_eq!(expect_message(&mut person, b"21.5 C"), s_id);
+    // The person too; the sensor hears nothing at all.
+    assert!(person.send(b"hello dash").unwrap());
+    assert_eq!(expect_message(&mut dash, b"hello dash"), p_id);
+    // The dashboard may not publish: REJECT 5, and nobody gets it.
+    assert!(dash.send(b"let me talk").unwrap());
+    expect_event(&mut dash, "REJECT 5", |e| {
+        *e == ClientEvent::Rejected(RejectReason::Forbidden)
+    });
+    assert!(messages(&drain(&mut person, quiet())).is_empty());
+    let heard = drain(&mut sensor, quiet());
+    assert!(heard.is_empty(), "a pub client receives nothing: {heard:?}");
+
+    let mut admin = server.admin();
+    assert_eq!(admin.stat("drop_forbidden"), 1);
+    let lines = admin.ok("clients");
+    for (cid, name, perms) in [(&s_id, "sensor", "pub"), (&d_id, "dash", "sub")] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{cid} "))
+                && l.contains(&format!(" name={name} perms={perms} "))),
+            "{lines:?}"
+        );
+    }
+
+    // Unknown and missing tokens: REJECT 2.
+    for token in [Some("nobody-knows-this-token-0123"), None] {
+        let mut c = with_token(&server, token);
+        match c.connect(DEADLINE) {
+            Err(ConnectError::Rejected(RejectReason::AuthFailed)) => {}
+            other => panic!("{token:?}: {other:?}"),
+        }
+    }
+    // Counted per refused handshake (a client tries twice before it gives up).
+    assert!(admin.stat("drop_handshake_unknown_credential") >= 2);
+
+    // The person is removed from the file; SIGHUP ends its session.
+    write_clients(&file, &all[..2]);
+    signal(&server, SIGHUP);
+    let revoked = |id: &str| ClientEvent::PeerLeft {
+        id: id.to_string(),
+        reason: Some(LeaveReason::Revoked),
+    };
+    expect_event(&mut person, "its own revocation", |e| *e == revoked(&p_id));
+    expect_event(&mut dash, "the person revoked", |e| *e == revoked(&p_id));
+    let heard = drain(&mut sensor, quiet());
+    assert!(heard.is_empty(), "nothing about others for pub: {heard:?}");
+    let mut again = with_token(&server, Some(PERSON));
+    match again.connect(DEADLINE) {
+        Err(ConnectError::Rejected(RejectReason::AuthFailed)) => {}
+        other => panic!("a revoked token: {other:?}"),
+    }
+    // The others go on.
+    assert!(sensor.send(b"22.0 C").unwrap());
+    assert_eq!(expect_message(&mut dash, b"22.0 C"), s_id);
+    let _ = fs::remove_dir_all(&dir);
+}
