@@ -4,6 +4,8 @@
 //! notices, revocation by editing the file and SIGHUP while connected, and
 //! unknown tokens refused with REJECT 2.
 
+#[path = "support/cli.rs"]
+mod cli;
 mod common;
 
 use std::fs;
@@ -11,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cli::{unicast, Cli};
 use common::{drain, expect_event, expect_message, messages, signal, Server, DEADLINE};
 use mcrelay::credentials::token_digest;
 use mcrelay::wire::{LeaveReason, RejectReason};
@@ -144,5 +147,53 @@ fn three_named_clients_with_their_permissions_and_a_revocation() {
     // The others go on.
     assert!(sensor.send(b"22.0 C").unwrap());
     assert_eq!(expect_message(&mut dash, b"22.0 C"), s_id);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn chat_listen_and_the_python_client_present_named_tokens_and_print_names() {
+    let dir = tempdir("cli");
+    let file = dir.join("clients");
+    write_clients(
+        &file,
+        &[
+            ("sensor", SENSOR, "pub"),
+            ("dash", DASH, "sub"),
+            ("person", PERSON, "pubsub"),
+        ],
+    );
+    let token_file = |name: &str, token: &str| {
+        let p = dir.join(name);
+        fs::write(&p, format!("{token}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (dash_file, person_file) = (
+        token_file("dash.token", DASH),
+        token_file("person.token", PERSON),
+    );
+    let server = Server::start(&["--clients-file", file.to_str().unwrap()]);
+    let target = unicast(&server);
+
+    let mut listen = Cli::mcrelay(&["listen", "--server", &target, "--token-file", &dash_file]);
+    assert!(listen.connected_id().starts_with("dash@127.0.0.1:"));
+    let mut py = Cli::python(&["listen", "--server", &target, "--token-file", &person_file]);
+    let mut sensor = joined(&server, SENSOR);
+    // Python joined as person (a v1 token after the Fernet key): the
+    // dashboard prints its name in the notice.
+    listen.expect("python joined", |l| {
+        l.starts_with("* person@127.0.0.1:") && l.ends_with(" joined")
+    });
+
+    sensor.send(b"21.5 C").unwrap();
+    listen.expect_line("[sensor] 21.5 C");
+    py.expect_line("[sensor] 21.5 C");
+
+    // The person over chat: a named token there too.
+    let mut chat = Cli::chat(&server, &["--token-file", &person_file]);
+    assert!(chat.connected_id().starts_with("person@127.0.0.1:"));
+    chat.type_line(b"hi from chat\n");
+    listen.expect_line("[person] hi from chat");
+    py.expect_line("[person] hi from chat");
     let _ = fs::remove_dir_all(&dir);
 }
