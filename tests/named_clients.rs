@@ -108,6 +108,12 @@ fn three_named_clients_with_their_permissions_and_a_revocation() {
 
     let mut admin = server.admin();
     assert_eq!(admin.stat("drop_forbidden"), 1);
+    let prom = admin.ok("stats prometheus");
+    assert!(
+        prom.iter()
+            .any(|l| l == "mcrelay_dropped_total{cause=\"forbidden\"} 1"),
+        "{prom:?}"
+    );
     let lines = admin.ok("clients");
     for (cid, name, perms) in [(&s_id, "sensor", "pub"), (&d_id, "dash", "sub")] {
         assert!(
