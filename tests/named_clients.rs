@@ -203,3 +203,55 @@ fn chat_listen_and_the_python_client_present_named_tokens_and_print_names() {
     py.expect_line("[person] hi from chat");
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ban_and_unban_by_name_and_by_address() {
+    let dir = tempdir("ban");
+    let file = dir.join("clients");
+    write_clients(
+        &file,
+        &[("dash", DASH, "sub"), ("person", PERSON, "pubsub")],
+    );
+    let server = Server::start(&["--clients-file", file.to_str().unwrap()]);
+    let mut dash = joined(&server, DASH);
+    let mut person = joined(&server, PERSON);
+    let p_id = person.id().unwrap().to_string();
+    let mut admin = server.admin();
+
+    let kicked = |id: &str| ClientEvent::PeerLeft {
+        id: id.to_string(),
+        reason: Some(LeaveReason::Kicked),
+    };
+    admin.ok("ban person 600");
+    expect_event(&mut person, "its own ban", |e| *e == kicked(&p_id));
+    expect_event(&mut dash, "the person banned", |e| *e == kicked(&p_id));
+    let bans = admin.ok("bans");
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    let left: f64 = bans[0].strip_prefix("person ").unwrap().parse().unwrap();
+    assert!((590.0..=600.0).contains(&left), "{bans:?}");
+    let mut again = with_token(&server, Some(PERSON));
+    match again.connect(DEADLINE) {
+        Err(ConnectError::Rejected(RejectReason::AuthFailed)) => {}
+        other => panic!("a banned name: {other:?}"),
+    }
+    admin.ok("unban person");
+    assert!(admin.ok("bans").is_empty());
+    let person = joined(&server, PERSON);
+
+    // An address ban, enforced before RSA: that address is refused, the
+    // host's other ports are not.
+    let addr = person.local_addr().unwrap();
+    let id = person.id().unwrap().to_string();
+    admin.ok(&format!("ban {id}"));
+    assert_eq!(
+        admin.ok("bans"),
+        [format!("127.0.0.1:{} until unban", addr.port())]
+    );
+    let (_, err) = admin.cmd("unban nobody-at-all");
+    assert!(err.starts_with("ERR"), "{err}");
+    let (_, err) = admin.cmd("ban bad!name");
+    assert!(err.starts_with("ERR"), "{err}");
+    assert!(admin.stat("drop_handshake_banned") >= 2);
+    joined(&server, PERSON);
+    let _ = fs::remove_dir_all(&dir);
+}

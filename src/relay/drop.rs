@@ -135,6 +135,9 @@ drops! {
         Amplification = "hello_amplification";
         /// A SESSION_KEY without the cookie issued to its address.
         BadCookie = "handshake_bad_cookie", reject BadCookie;
+        /// A SESSION_KEY from a banned address or host (checked before
+        /// RSA), or naming a banned client (after it).
+        Banned = "handshake_banned", reject AuthFailed;
         /// A SESSION_KEY ciphertext that registered a session already (from
         /// another address, or after that session ended).
         ReplayedSessionKey = "handshake_replayed";

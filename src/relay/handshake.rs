@@ -114,6 +114,10 @@ impl Relay {
             .cookie
             .filter(|c| self.cookies.check(src, c))
             .ok_or(Drop::BadCookie)?;
+        // Address and host bans cost a scan of a short list: before RSA.
+        if self.bans.addr_banned(now, &src) {
+            return Err(Drop::Banned);
+        }
         // A SESSION_KEY is accepted once: a replay would re-key (both SEQ
         // windows restart, so old tokens pass again) or register the key
         // again elsewhere or later. Before RSA, and silent, except to the
@@ -148,6 +152,13 @@ impl Relay {
             let (session, admitted) = self.open_v1(&plain)?;
             (session, None, admitted)
         };
+        if admitted
+            .name
+            .as_deref()
+            .is_some_and(|n| self.bans.name_banned(now, n))
+        {
+            return Err(Drop::Banned);
+        }
         if bound {
             self.seen_bound.insert(now, digest);
         } else {

@@ -31,12 +31,14 @@
 //!   rekeys on leaves, ratchets on joins, key requests and probes.
 //! - `named`: named clients (v2 §5): clients-file reloads, kicks by
 //!   name, the notice a client gets about its own session ending.
+//! - [`bans`]: addresses, hosts and names kept out by the operator.
 //! - `clients`: the client table.
 //! - `transmit`: output framing and fragmenting.
 //! - [`drop`]: why an input was dropped, counted in one place.
 //! - [`cookie`], [`config`], [`stats`].
 
 mod admission;
+pub mod bans;
 mod clients;
 #[cfg(test)]
 mod clock_tests;
@@ -159,6 +161,8 @@ pub struct Relay {
     /// SERVER_CLOSING is being sent: it goes to every client, even those
     /// that may not subscribe (v2 §5).
     closing: bool,
+    /// What the operator keeps out (`ban`).
+    bans: bans::Bans,
 }
 
 impl Relay {
@@ -213,6 +217,7 @@ impl Relay {
             clock: now,
             downlink_up: [true; 2],
             closing: false,
+            bans: bans::Bans::default(),
             rng,
             unix: UnixClock::new(now, unix_secs),
             config,

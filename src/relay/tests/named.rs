@@ -386,3 +386,66 @@ fn a_body_that_no_longer_fits_with_a_name_is_refused_as_oversize() {
     );
     assert_eq!(net.stats().dropped(Drop::Oversize), 1);
 }
+
+#[test]
+fn bans_keep_addresses_hosts_and_names_out_until_they_end() {
+    use crate::relay::bans::BanTarget;
+    let mut net = Net::new(named_config(None));
+    let dash = net.joined(with_token(DASH));
+    let src = at([10, 1, 1, 1], 5000);
+    v2_named(&mut net, src, ALICE);
+    let a_id = format!("alice@{src}");
+    net.take_events(dash);
+    // An address ban ends the session (REASON 3 to it and the others)
+    // and refuses that address before RSA: no RSA failure, no handshake.
+    let target: BanTarget = a_id.parse().unwrap();
+    assert_eq!(target, BanTarget::Addr(src));
+    let now = net.now;
+    assert_eq!(
+        net.relay
+            .ban(target.clone(), Some(60 * SEC), now, &mut net.tx),
+        Ok(1)
+    );
+    net.route(&mut VecDeque::new());
+    assert_eq!(net.take_stray(src).len(), 1, "told itself");
+    assert_eq!(net.take_events(dash), [left(&a_id, LeaveReason::Kicked)]);
+    let completed = net.stats().handshakes_completed;
+    let (d, _) = net.v2_attempt(src, GROUP_RAW, Some(ALICE));
+    net.deliver(src, &d);
+    assert_eq!(net.take_stray(src), [reject(RejectReason::AuthFailed)]);
+    assert_eq!(net.stats().dropped(Drop::Banned), 1);
+    assert_eq!(net.stats().dropped(Drop::RsaDecrypt), 0);
+    assert_eq!(net.stats().handshakes_completed, completed);
+    // Another port of that host may come in; alice too, from there.
+    let other = at([10, 1, 1, 1], 5001);
+    v2_named(&mut net, other, ALICE);
+    let listed = net.relay.bans(net.now);
+    assert_eq!(listed, [(target.clone(), Some(60 * SEC))]);
+    // The ban ends by itself.
+    net.advance(61 * SEC);
+    assert!(net.relay.bans(net.now).is_empty());
+    let (d, _) = net.v2_attempt(src, GROUP_RAW, Some(ALICE));
+    net.deliver(src, &d);
+    assert_eq!(net.take_stray(src).len(), 1, "welcomed again");
+    // (The session at `other` timed out meanwhile.)
+    v2_named(&mut net, other, ALICE);
+
+    // A host ban covers every port; a name ban every address (after RSA).
+    let now = net.now;
+    let host = BanTarget::Host(src.ip());
+    assert_eq!(net.relay.ban(host.clone(), None, now, &mut net.tx), Ok(2));
+    net.route(&mut VecDeque::new());
+    assert!(net.relay.unban(&host));
+    assert!(!net.relay.unban(&host));
+    let name = BanTarget::Name("alice".into());
+    net.relay.ban(name.clone(), None, now, &mut net.tx).unwrap();
+    let far = at([10, 9, 9, 9], 5000);
+    let (d, _) = net.v2_attempt(far, GROUP_RAW, Some(ALICE));
+    net.deliver(far, &d);
+    assert_eq!(net.take_stray(far), [reject(RejectReason::AuthFailed)]);
+    assert_eq!(net.stats().dropped(Drop::Banned), 2);
+    assert!(net.relay.unban(&name));
+    let (d, _) = net.v2_attempt(at([10, 9, 9, 8], 5000), GROUP_RAW, Some(ALICE));
+    net.deliver(at([10, 9, 9, 8], 5000), &d);
+    assert_eq!(net.take_stray(at([10, 9, 9, 8], 5000)).len(), 1);
+}
