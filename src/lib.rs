@@ -61,7 +61,7 @@ pub use relay::config::credentials::{
 pub use relay::config::Config;
 pub use relay::drop::Drop as RelayDrop;
 pub use relay::stats::Stats;
-pub use relay::{ClientId, ClientInfo, Event, Relay, Transmits};
+pub use relay::{ClientId, ClientIdError, ClientInfo, Event, Relay, Transmits};
 pub use session::fernet;
 pub use session::group;
 pub use session::key::{fingerprint, hex, ServerKey, KEY_SIZES};

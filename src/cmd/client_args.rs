@@ -261,5 +261,6 @@ pub fn reject_text(r: RejectReason) -> &'static str {
         RejectReason::AuthFailed => "wrong or missing access token (--token-file)",
         RejectReason::ServerFull => "server full",
         RejectReason::BadCookie => "stale cookie",
+        RejectReason::Forbidden => "this client may not publish",
     }
 }

@@ -164,7 +164,11 @@ impl Printer {
         use Format::{Json, Text};
         let line = match (ev, self.format) {
             (ClientEvent::Message { sender, body }, Text) => {
-                format!("[{}] {}", escape(sender.as_bytes()), escape(&body))
+                format!(
+                    "[{}] {}",
+                    escape(display_sender(&sender).as_bytes()),
+                    escape(&body)
+                )
             }
             (ClientEvent::Message { sender, body }, Json) => match std::str::from_utf8(&body) {
                 Ok(text) => json(&[("event", "message"), ("from", &sender), ("text", text)]),
@@ -220,6 +224,11 @@ impl Printer {
                     Json => json(&[("event", "server_full")]),
                 }
             }
+            // The session stays: only this message was refused (v2 §5).
+            (ClientEvent::Rejected(RejectReason::Forbidden), f) => match f {
+                Text => "* the server refused a message: this client may not publish".into(),
+                Json => json(&[("event", "forbidden")]),
+            },
             // A stale cookie only means another HELLO, which the retry sends.
             (ClientEvent::Rejected(RejectReason::BadCookie), _) => return Ok(()),
             (ClientEvent::ServerKey { fingerprint }, _) => {
@@ -249,6 +258,16 @@ impl Printer {
             }
         };
         self.line(&line)
+    }
+}
+
+/// How a text line names a sender: a named client (`alice@10.0.0.5:40000`,
+/// v2 §5) by its name, anyone else by its id. Names hold no `@`, and
+/// addresses never do, so a valid name before the first `@` is a name.
+pub fn display_sender(id: &str) -> &str {
+    match id.split_once('@') {
+        Some((name, _)) if mcrelay::credentials::valid_name(name) => name,
+        _ => id,
     }
 }
 
@@ -335,6 +354,17 @@ mod tests {
         assert_eq!(escape(b"caf\xe9 \xff\xfe"), "caf\\xe9 \\xff\\xfe");
         assert_eq!(escape("x\u{202e}y\u{85}".as_bytes()), "x\\u{202e}y\\u{85}");
         assert_eq!(escape(b""), "");
+    }
+
+    #[test]
+    fn named_senders_print_as_their_name() {
+        assert_eq!(display_sender("alice@10.0.0.5:40000"), "alice");
+        assert_eq!(display_sender("s.1_x-2@[fe80::1%3]:40000"), "s.1_x-2");
+        assert_eq!(display_sender("10.0.0.5:40000"), "10.0.0.5:40000");
+        assert_eq!(display_sender("[fe80::1%3]:5"), "[fe80::1%3]:5");
+        // Not a valid name: printed whole, never cut.
+        assert_eq!(display_sender("bad name@1.2.3.4:5"), "bad name@1.2.3.4:5");
+        assert_eq!(display_sender("@1.2.3.4:5"), "@1.2.3.4:5");
     }
 
     #[test]

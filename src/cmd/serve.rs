@@ -12,9 +12,9 @@ use log::{info, warn, LevelFilter};
 use mcrelay::logring;
 use mcrelay::Config;
 use mcrelay::Credentials;
-use mcrelay::Relay;
 use mcrelay::{open_udp, IfaceSpec, Listen, Server, Signals};
 use mcrelay::{Admin, AdminConfig};
+use mcrelay::{Relay, Transmits};
 use mcrelay::{ServerKey, KEY_SIZES};
 
 use super::{finish, many, opt, read_token_file};
@@ -523,13 +523,16 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     let mut server = Server::new(udp, &listen, relay, signals, admin)
         .map_err(|e| format!("cannot start the event loop: {e}"))?;
     server.on_reload(Box::new(
-        move |relay: &mut Relay, admin: Option<&mut Admin>| {
+        move |relay: &mut Relay, admin: Option<&mut Admin>, out: &mut Transmits| {
             reload_tokens(
                 relay,
                 admin,
                 token_file.as_deref(),
                 admin_token_file.as_deref(),
-            )
+            );
+            if let Some(path) = clients_file.as_deref() {
+                reload_clients(relay, path, out);
+            }
         },
     ));
     let addrs = server.local_addrs().map_err(|e| e.to_string())?;
@@ -692,6 +695,28 @@ fn load_clients(path: &str, shared: Option<&[u8]>) -> Result<Credentials, String
         ));
     }
     Ok(table)
+}
+
+/// SIGHUP: re-reads the clients file with the start-up checks and hands
+/// the table to the relay, which ends revoked sessions and narrows
+/// permissions at once; a file that became unreadable or invalid keeps the
+/// old table (and says why).
+fn reload_clients(relay: &mut Relay, path: &str, out: &mut Transmits) {
+    let shared = relay.access_token().map(<[u8]>::to_vec);
+    match load_clients(path, shared.as_deref()) {
+        Ok(table) => {
+            let change = relay
+                .credentials()
+                .map(|old| old.diff(&table).to_string())
+                .unwrap_or_default();
+            let n = table.len();
+            let revoked = relay.set_credentials(Some(Arc::new(table)), out);
+            info!(
+                "SIGHUP: re-read clients file {path}: {n} named clients; {change}; {revoked} sessions revoked"
+            );
+        }
+        Err(e) => warn!("SIGHUP: {e}; keeping the old clients"),
+    }
 }
 
 /// The admin token file, checked as at start-up and on SIGHUP.

@@ -23,7 +23,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn, LevelFilter};
 use mio::net::{TcpListener, TcpStream};
@@ -32,8 +32,10 @@ use slab::Slab;
 
 use crate::net::logring;
 use crate::net::prometheus;
+use crate::relay::bans::BanTarget;
+use crate::relay::config::credentials::valid_name;
 use crate::relay::cookie::ct_eq;
-use crate::relay::{Relay, Transmits};
+use crate::relay::{ClientId, Relay, Transmits};
 
 /// Longest command line, without its line ending.
 pub const MAX_LINE: usize = 512;
@@ -55,12 +57,15 @@ const MAX_ABUSE: u8 = 5;
 /// Wrong tokens tolerated before closing.
 const MAX_BAD_AUTH: u8 = 3;
 
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 14] = [
     "help",
     "ifaces",
     "clients",
     "stats",
     "kick",
+    "ban",
+    "unban",
+    "bans",
     "log",
     "fingerprint",
     "version",
@@ -71,10 +76,13 @@ const COMMANDS: [&str; 11] = [
 
 const HELP: &str = "\
 help               this list
-clients            one line per client: id, idle seconds, messages/bytes in and out, partial fragments, mode (v1, v2, group)
+clients            one line per client: id, idle seconds, messages/bytes in and out, partial fragments, name (if named), permissions, mode (v1, v2, group)
 stats              counters, one `name value` per line
 stats prometheus   the same in the Prometheus text format (0.0.4)
-kick ID            remove client ID (ip:port); the others are told it was kicked
+kick ID|NAME       remove client ID (ip:port or NAME@ip:port), or every session of NAME; it and the others are told it was kicked
+ban ID|NAME|IP [SECS] keep out an address (ip:port or NAME@ip:port), a host (IP) or a name, for SECS or until unban; ends its sessions
+unban ID|NAME|IP   lift that ban
+bans               one line per ban: target and seconds left (or `until unban`)
 log LEVEL|off      live log level of this session: error, warn, info, debug, trace or off
 log tail N         the last N lines of the log ring
 fingerprint        SHA-256 fingerprint of the server key
@@ -581,8 +589,9 @@ impl Admin {
                         more += 1;
                         continue;
                     }
+                    let name = c.id.name().map(|n| format!("name={n} "));
                     text.push_str(&format!(
-                        "{} idle={} in={}/{} out={}/{} partials={} mode={}\n",
+                        "{} idle={} in={}/{} out={}/{} partials={} {}perms={} mode={}\n",
                         c.id,
                         c.idle.as_secs(),
                         c.msgs_in,
@@ -590,6 +599,8 @@ impl Admin {
                         c.msgs_out,
                         c.bytes_out,
                         c.partials,
+                        name.unwrap_or_default(),
+                        c.perms,
                         c.mode
                     ));
                 }
@@ -619,12 +630,66 @@ impl Admin {
                 s.reply("OK");
             }
             ("kick", id) if !id.is_empty() => {
-                if id.parse().is_ok_and(|id| relay.kick(&id, out)) {
-                    info!("admin {}: kicked {id}", s.peer);
+                // An id (`ip:port`, `NAME@ip:port`) ends that session; a
+                // bare name every session of that name.
+                let kicked = match id.parse::<ClientId>() {
+                    Ok(cid) => usize::from(relay.kick(&cid, out)),
+                    Err(_) if valid_name(id) => relay.kick_name(id, out),
+                    Err(_) => 0,
+                };
+                if kicked > 0 {
+                    info!("admin {}: kicked {id} ({kicked} sessions)", s.peer);
                     s.reply("OK");
                 } else {
                     s.reply(&format!("ERR no client {id}"));
                 }
+            }
+            ("ban", arg) => {
+                let mut words = arg.split_whitespace();
+                let parsed = match (words.next(), words.next(), words.next()) {
+                    (Some(t), secs, None) => t.parse::<BanTarget>().and_then(|t| {
+                        let secs = secs
+                            .map(|v| {
+                                v.parse::<u64>()
+                                    .ok()
+                                    .filter(|&n| n > 0)
+                                    .ok_or(format!("'{v}' is not a number of seconds"))
+                            })
+                            .transpose()?;
+                        Ok((t, secs.map(Duration::from_secs)))
+                    }),
+                    _ => Err("usage: ban ID|NAME|IP [SECS]".to_string()),
+                };
+                match parsed.and_then(|(t, d)| relay.ban(t.clone(), d, now, out).map(|n| (t, d, n)))
+                {
+                    Ok((t, d, n)) => {
+                        let time = d.map_or("until unban".to_string(), |d| {
+                            format!("for {} s", d.as_secs())
+                        });
+                        info!("admin {}: banned {t} {time} ({n} sessions ended)", s.peer);
+                        s.reply("OK");
+                    }
+                    Err(e) => s.reply(&format!("ERR {e}")),
+                }
+            }
+            ("unban", arg) if !arg.is_empty() => match arg.parse::<BanTarget>() {
+                Ok(t) if relay.unban(&t) => {
+                    info!("admin {}: unbanned {t}", s.peer);
+                    s.reply("OK");
+                }
+                Ok(t) => s.reply(&format!("ERR no ban of {t}")),
+                Err(e) => s.reply(&format!("ERR {e}")),
+            },
+            ("bans", "") => {
+                let mut text = String::new();
+                for (t, left) in relay.bans(now) {
+                    match left {
+                        Some(d) => text.push_str(&format!("{t} {}\n", d.as_secs_f64().ceil())),
+                        None => text.push_str(&format!("{t} until unban\n")),
+                    }
+                }
+                s.reply(&text);
+                s.reply("OK");
             }
             ("log", arg) => {
                 let mut words = arg.split_whitespace();

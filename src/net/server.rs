@@ -63,7 +63,7 @@ fn drain(s: &mut UnixStream) {
 }
 
 /// Called on SIGHUP: re-reads whatever files the caller owns.
-pub type Reload = Box<dyn FnMut(&mut Relay, Option<&mut Admin>)>;
+pub type Reload = Box<dyn FnMut(&mut Relay, Option<&mut Admin>, &mut Transmits)>;
 
 /// The relay on its sockets.
 pub struct Server {
@@ -223,7 +223,7 @@ impl Server {
                     SIG_HUP => {
                         drain(&mut self.signals.hup);
                         if let Some(reload) = self.reload.as_mut() {
-                            reload(&mut self.relay, self.admin.as_mut());
+                            reload(&mut self.relay, self.admin.as_mut(), &mut self.out);
                         }
                     }
                     token => {

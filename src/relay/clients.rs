@@ -6,47 +6,92 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{AddrParseError, IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use crate::relay::admission::host_of;
+use crate::relay::config::credentials::{valid_name, Perms};
 use crate::session::{fernet, Session};
 use crate::wire::handshake::{CAP_GROUP, CAP_RAW};
 
 /// Who a client is, as the relay and its peers name it: its source address
-/// as the relay sees it. Written `ip:port` (`[v6addr]:port` for IPv6), the
-/// text that CLIENT_ID, SENDER_ID and the peer notices carry and `kick`
-/// takes.
+/// as the relay sees it, and for a client the clients file names (v2 §5)
+/// that name. Written `ip:port` (`[v6addr]:port` for IPv6), or
+/// `NAME@ip:port`: the text that CLIENT_ID, SENDER_ID and the peer notices
+/// carry and `kick` takes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClientId {
     addr: SocketAddr,
+    name: Option<Arc<str>>,
 }
 
 impl ClientId {
-    /// The id of the client at `addr`.
+    /// The id of the unnamed client at `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        ClientId { addr }
+        ClientId { addr, name: None }
+    }
+
+    /// The id of the client at `addr` named `name` (None: unnamed).
+    pub fn named(name: Option<Arc<str>>, addr: SocketAddr) -> Self {
+        ClientId { addr, name }
     }
 
     /// The client's source address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The client's name, if the clients file gave it one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
 }
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = &self.name {
+            write!(f, "{name}@")?;
+        }
         self.addr.fmt(f)
     }
 }
 
-impl FromStr for ClientId {
-    type Err = AddrParseError;
+/// Why a text is not a [`ClientId`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientIdError {
+    /// The part after `@` (or the whole) is not `ip:port`.
+    Addr(AddrParseError),
+    /// The part before `@` is not a valid client name.
+    Name,
+}
 
-    /// Parses the text [`ClientId`]'s `Display` writes.
+impl fmt::Display for ClientIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientIdError::Addr(e) => e.fmt(f),
+            ClientIdError::Name => f.write_str("invalid client name"),
+        }
+    }
+}
+
+impl std::error::Error for ClientIdError {}
+
+impl FromStr for ClientId {
+    type Err = ClientIdError;
+
+    /// Parses the text [`ClientId`]'s `Display` writes: `ip:port` or
+    /// `NAME@ip:port`. Names never hold `@`, and IPv6 scope ids never do
+    /// either, so the first `@` splits.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(ClientId::new)
+        let (name, addr) = match s.split_once('@') {
+            Some((name, addr)) if valid_name(name) => (Some(Arc::from(name)), addr),
+            Some(_) => return Err(ClientIdError::Name),
+            None => (None, s),
+        };
+        let addr = addr.parse().map_err(ClientIdError::Addr)?;
+        Ok(ClientId { addr, name })
     }
 }
 
@@ -79,6 +124,12 @@ pub(super) struct Client {
     pub(super) downlink: Option<usize>,
     /// When its last KEY_REQUEST was answered (one answer a second).
     pub(super) key_answered: Option<Instant>,
+    /// What it may do: from its clients-file line (narrowed by reloads),
+    /// `pubsub` for an unnamed client.
+    pub(super) perms: Perms,
+    /// SHA-256 of the token that named it (a reload that changes the
+    /// name's token ends the session); unused for unnamed clients.
+    pub(super) credential: [u8; 32],
 }
 
 impl Client {
@@ -132,6 +183,8 @@ pub struct ClientInfo {
     pub partials: usize,
     /// `v1`, `v2` (a v2 session outside group mode) or `group`.
     pub mode: &'static str,
+    /// What it may do now (`pubsub` for an unnamed client).
+    pub perms: Perms,
 }
 
 /// Registered clients in a slab (stable slots for timers), indexed by
@@ -242,5 +295,18 @@ mod tests {
             "10.0.0.5".parse::<ClientId>().is_err(),
             "a port is part of the id"
         );
+        for text in ["alice@10.0.0.5:40000", "a.b-c_9@[2001:db8::5]:40000"] {
+            let id: ClientId = text.parse().unwrap();
+            assert_eq!(id.to_string(), text);
+            assert_eq!(id.name(), text.split_once('@').map(|(n, _)| n));
+        }
+        let plain: ClientId = "10.0.0.5:40000".parse().unwrap();
+        assert_eq!(plain.name(), None);
+        assert_eq!(
+            "bad name@10.0.0.5:40000".parse::<ClientId>(),
+            Err(ClientIdError::Name)
+        );
+        assert!("@10.0.0.5:40000".parse::<ClientId>().is_err());
+        assert!("alice@nonsense".parse::<ClientId>().is_err());
     }
 }

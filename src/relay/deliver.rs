@@ -37,6 +37,8 @@ impl Relay {
         c.msgs_in += 1;
         c.bytes_in += token.len() as u64;
         match kind {
+            // A `sub` client's DATA: refused, its session kept (v2 §5).
+            TokenKind::Data if !c.perms.publish => return Err(Drop::Forbidden),
             TokenKind::Data => {
                 let body = Inner::parse(&plain)?.body.ok_or(Drop::NoBody)?;
                 // Before the tail is built: settling may send notices.
@@ -103,7 +105,8 @@ impl Relay {
 
     /// Seals `self.tail` (after a fresh SEQ) for every client outside
     /// group mode but `skip` and queues it as an outer `kind`, raw for
-    /// sessions that asked for RAW. Returns how many were queued.
+    /// sessions that asked for RAW. Returns how many were queued. Clients
+    /// that may not subscribe get nothing but SERVER_CLOSING.
     ///
     /// # Errors
     /// [`Drop::Oversize`] when a sealed tail is too long to frame: every
@@ -126,10 +129,11 @@ impl Relay {
             stats,
             rng,
             unix,
+            closing,
             ..
         } = self;
         for (slot, c) in clients.iter_mut() {
-            if Some(slot) == skip || c.downlink.is_some() {
+            if Some(slot) == skip || c.downlink.is_some() || !(c.perms.subscribe || *closing) {
                 continue;
             }
             let token = c.seal(unix.unix_secs(), rng.random(), sealed, |p| {
@@ -167,7 +171,7 @@ impl Relay {
             LeaveReason::Bye => self.stats.clients_left += 1,
             LeaveReason::Timeout => self.stats.clients_timed_out += 1,
             LeaveReason::Kicked => self.stats.clients_kicked += 1,
-            LeaveReason::Shutdown => {}
+            LeaveReason::Shutdown | LeaveReason::Revoked | LeaveReason::Unreachable => {}
         }
         info!("client {} left ({})", c.id, reason.name());
         self.tail.clear();

@@ -135,6 +135,9 @@ drops! {
         Amplification = "hello_amplification";
         /// A SESSION_KEY without the cookie issued to its address.
         BadCookie = "handshake_bad_cookie", reject BadCookie;
+        /// A SESSION_KEY from a banned address or host (checked before
+        /// RSA), or naming a banned client (after it).
+        Banned = "handshake_banned", reject AuthFailed;
         /// A SESSION_KEY ciphertext that registered a session already (from
         /// another address, or after that session ended).
         ReplayedSessionKey = "handshake_replayed";
@@ -169,6 +172,9 @@ drops! {
         BadFernetKey = "handshake_bad_fernet_key", reject AuthFailed;
         /// The access token is missing or wrong.
         BadAccessToken = "handshake_bad_access_token", reject AuthFailed;
+        /// With a clients file: no token, or one neither the file nor the
+        /// shared `--token-file` knows (v2 §5).
+        UnknownCredential = "handshake_unknown_credential", reject AuthFailed;
         /// Not a valid Fernet token under the member's key.
         BadToken = "token_bad";
         /// A token plaintext with broken TLV framing.
@@ -183,6 +189,8 @@ drops! {
         Reflected = "token_reflected";
         /// A DATA token without a BODY.
         NoBody = "token_no_body";
+        /// DATA from a client whose permissions do not include publishing.
+        Forbidden = "forbidden", reject Forbidden;
         /// A KEY_REQUEST or PROBE from a client outside group mode.
         NotGroupMember = "group_not_member";
         /// A KEY_REQUEST within a second of the last one answered for

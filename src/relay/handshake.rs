@@ -7,6 +7,7 @@
 //! downlink and signer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::info;
@@ -14,6 +15,7 @@ use log::info;
 use rand::RngExt;
 
 use crate::relay::clients::{Client, ClientId};
+use crate::relay::config::credentials::Perms;
 use crate::relay::cookie::ct_eq;
 use crate::relay::dispatch::Turn;
 use crate::relay::drop::Drop;
@@ -23,11 +25,33 @@ use crate::session::Session;
 use crate::wire::handshake::{self, Handshake, CAP_GROUP};
 use crate::wire::inner::{put_group_addr, put_group_key};
 use crate::wire::outer::{self, Keyed};
-use crate::wire::{self, inner, tlv};
+use crate::wire::{self, inner, tlv, LeaveReason};
 use crate::wire::{FERNET_KEY_LEN, MIN_HELLO_LEN};
 
 /// The protocol versions this relay speaks: the VERSIONS value (v2 §2).
 pub(super) const VERSIONS: [u8; 2] = [1, 2];
+
+/// Who a handshake's credential admitted (v2 §5).
+#[derive(Clone, Debug)]
+pub(super) struct Admitted {
+    /// The clients file's name for it, if any.
+    name: Option<Arc<str>>,
+    /// What it may do.
+    perms: Perms,
+    /// SHA-256 of the named token (zero when unnamed).
+    credential: [u8; 32],
+}
+
+impl Default for Admitted {
+    /// An unnamed client: `pubsub`, as every client without a clients file.
+    fn default() -> Self {
+        Admitted {
+            name: None,
+            perms: Perms::PUBSUB,
+            credential: [0; 32],
+        }
+    }
+}
 
 /// How often a lost WELCOME may be sent again.
 const WELCOME_RESEND: Duration = Duration::from_secs(1);
@@ -90,6 +114,10 @@ impl Relay {
             .cookie
             .filter(|c| self.cookies.check(src, c))
             .ok_or(Drop::BadCookie)?;
+        // Address and host bans cost a scan of a short list: before RSA.
+        if self.bans.addr_banned(now, &src) {
+            return Err(Drop::Banned);
+        }
         // A SESSION_KEY is accepted once: a replay would re-key (both SEQ
         // windows restart, so old tokens pass again) or register the key
         // again elsewhere or later. Before RSA, and silent, except to the
@@ -117,42 +145,99 @@ impl Relay {
             .key
             .decrypt(&mut self.rng, ciphertext)
             .ok_or(Drop::RsaDecrypt)?;
-        let (session, asked) = if bound {
-            let (session, caps) = self.open_bound(&plain, cookie)?;
-            (session, Some(caps))
+        let (session, asked, admitted) = if bound {
+            let (session, caps, admitted) = self.open_bound(&plain, cookie)?;
+            (session, Some(caps), admitted)
         } else {
-            (self.open_v1(&plain)?, None)
+            let (session, admitted) = self.open_v1(&plain)?;
+            (session, None, admitted)
         };
+        if admitted
+            .name
+            .as_deref()
+            .is_some_and(|n| self.bans.name_banned(now, n))
+        {
+            return Err(Drop::Banned);
+        }
         if bound {
             self.seen_bound.insert(now, digest);
         } else {
             self.seen_session_keys.insert(now, digest);
         }
-        let caps = asked.map(|a| self.grant(a, src));
-        self.register(now, src, session, digest, existing, caps, out);
+        // A client that may not subscribe is never granted GROUP: the
+        // group key would let it read everything (v2 §5).
+        let caps = asked.map(|a| {
+            let caps = self.grant(a, src);
+            if admitted.perms.subscribe {
+                caps
+            } else {
+                caps & !CAP_GROUP
+            }
+        });
+        let existing = match existing {
+            // The address holds a session under another name: that one
+            // leaves, and this one joins as itself.
+            Some(slot)
+                if self.clients.get(slot).and_then(|c| c.id.name()) != admitted.name.as_deref() =>
+            {
+                self.remove(slot, LeaveReason::Bye);
+                None
+            }
+            e => e,
+        };
+        self.register(now, src, session, digest, existing, caps, admitted, out);
         Ok(())
     }
 
     /// A v1 plaintext: the 44-byte Fernet key, then the access token.
-    fn open_v1(&self, plain: &[u8]) -> Result<Session, Drop> {
+    fn open_v1(&self, plain: &[u8]) -> Result<(Session, Admitted), Drop> {
         let session = plain
             .get(..FERNET_KEY_LEN)
             .and_then(|k| std::str::from_utf8(k).ok())
             .and_then(Session::new)
             .ok_or(Drop::BadFernetKey)?;
         let token = plain.get(FERNET_KEY_LEN..).unwrap_or_default();
-        if let Some(want) = &self.config.access_token {
-            if !ct_eq(want, token) {
-                return Err(Drop::BadAccessToken);
-            }
+        let admitted = self.admit((!token.is_empty()).then_some(token))?;
+        Ok((session, admitted))
+    }
+
+    /// Who the token a handshake presented (`None`: none) admits.
+    ///
+    /// Without a clients file, the shared `--token-file` token (if set)
+    /// must match, and everyone is unnamed with `pubsub`. With one, a
+    /// token it lists admits its name with its line's permissions; else the
+    /// shared token (if set) admits an unnamed `pubsub` client; else
+    /// [`Drop::UnknownCredential`] (REJECT 2).
+    fn admit(&self, token: Option<&[u8]>) -> Result<Admitted, Drop> {
+        let shared = |t: Option<&[u8]>| match (&self.config.access_token, t) {
+            (Some(want), Some(t)) => ct_eq(want, t),
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let Some(table) = &self.config.credentials else {
+            return if shared(token) {
+                Ok(Admitted::default())
+            } else {
+                Err(Drop::BadAccessToken)
+            };
+        };
+        if let Some(e) = token.and_then(|t| table.lookup(t)) {
+            return Ok(Admitted {
+                name: Some(Arc::from(e.name.as_str())),
+                perms: e.perms,
+                credential: e.digest,
+            });
         }
-        Ok(session)
+        if self.config.access_token.is_some() && shared(token) {
+            return Ok(Admitted::default());
+        }
+        Err(Drop::UnknownCredential)
     }
 
     /// A v2 plaintext (handshake TLVs) whose BIND must be `cookie`, the
     /// COOKIE of its own datagram. Returns the session and the
     /// capabilities asked for.
-    fn open_bound(&self, plain: &[u8], cookie: &[u8]) -> Result<(Session, u32), Drop> {
+    fn open_bound(&self, plain: &[u8], cookie: &[u8]) -> Result<(Session, u32, Admitted), Drop> {
         let h = match Handshake::parse(plain) {
             Ok(h) if ct_eq(h.bind, cookie) => h,
             Ok(_) => return Err(Drop::BindMismatch),
@@ -174,12 +259,8 @@ impl Relay {
             .ok()
             .and_then(Session::new)
             .ok_or(Drop::BadFernetKey)?;
-        if let Some(want) = &self.config.access_token {
-            if !h.credential.is_some_and(|c| ct_eq(want, c)) {
-                return Err(Drop::BadAccessToken);
-            }
-        }
-        Ok((session, h.caps))
+        let admitted = self.admit(h.credential)?;
+        Ok((session, h.caps, admitted))
     }
 
     /// A repeat of a SESSION_KEY ciphertext: if it registered the session
@@ -227,9 +308,11 @@ impl Relay {
         session_key: u64,
         existing: Option<usize>,
         caps: Option<u32>,
+        admitted: Admitted,
         out: &mut Transmits,
     ) {
         self.settle(out);
+        let id = ClientId::named(admitted.name, src);
         let group = caps.is_some_and(|c| c & CAP_GROUP != 0);
         let generation = self.clients.next_generation();
         let (version, caps) = (if caps.is_some() { 2 } else { 1 }, caps.unwrap_or(0));
@@ -243,12 +326,15 @@ impl Relay {
                 c.version = version;
                 c.caps = caps;
                 c.key_answered = None;
+                // A new handshake is where rights a reload added apply.
+                c.perms = admitted.perms;
+                c.credential = admitted.credential;
                 (slot, true)
             }
             None => {
                 let slot = self.clients.insert(Client {
-                    id: ClientId::new(src),
-                    id_text: src.to_string(),
+                    id_text: id.to_string(),
+                    id: id.clone(),
                     session,
                     session_key,
                     welcome: Box::default(),
@@ -263,6 +349,8 @@ impl Relay {
                     caps,
                     downlink: None,
                     key_answered: None,
+                    perms: admitted.perms,
+                    credential: admitted.credential,
                 });
                 (slot, false)
             }
@@ -305,7 +393,6 @@ impl Relay {
             joined(&mut self.tail);
             self.notify(Some(slot), out);
         }
-        let id = ClientId::new(src);
         self.events.push(Event::Joined { id, rekeyed });
     }
 

@@ -29,12 +29,16 @@
 //! - `deliver`: tokens from members, fragments, fan-out, leaving.
 //! - `group`: group mode (v2 §4): one signed GROUP_DATA for all members,
 //!   rekeys on leaves, ratchets on joins, key requests and probes.
+//! - `named`: named clients (v2 §5): clients-file reloads, kicks by
+//!   name, the notice a client gets about its own session ending.
+//! - [`bans`]: addresses, hosts and names kept out by the operator.
 //! - `clients`: the client table.
 //! - `transmit`: output framing and fragmenting.
 //! - [`drop`]: why an input was dropped, counted in one place.
 //! - [`cookie`], [`config`], [`stats`].
 
 mod admission;
+pub mod bans;
 mod clients;
 #[cfg(test)]
 mod clock_tests;
@@ -45,6 +49,7 @@ mod dispatch;
 pub mod drop;
 mod group;
 mod handshake;
+mod named;
 mod seen;
 pub mod stats;
 #[cfg(test)]
@@ -60,6 +65,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::ratelimit::{KeyedLimiter, TokenBucket};
 use crate::reassembly::{DropReason as ReassemblyDrop, Reassembler};
+use crate::relay::config::credentials::Credentials;
 use crate::relay::config::Config;
 use crate::relay::stats::Stats;
 use crate::session::key::ServerKey;
@@ -74,7 +80,7 @@ use group::Group;
 use seen::SeenSessionKeys;
 use transmit::Emitter;
 
-pub use clients::{ClientId, ClientInfo};
+pub use clients::{ClientId, ClientIdError, ClientInfo};
 pub use transmit::Transmits;
 
 /// Timer wheel resolution.
@@ -152,6 +158,11 @@ pub struct Relay {
     unix: UnixClock,
     /// Whether the IPv4 and IPv6 downlinks reach an interface (the shell says).
     downlink_up: [bool; 2],
+    /// SERVER_CLOSING is being sent: it goes to every client, even those
+    /// that may not subscribe (v2 §5).
+    closing: bool,
+    /// What the operator keeps out (`ban`).
+    bans: bans::Bans,
 }
 
 impl Relay {
@@ -205,6 +216,8 @@ impl Relay {
             started: now,
             clock: now,
             downlink_up: [true; 2],
+            closing: false,
+            bans: bans::Bans::default(),
             rng,
             unix: UnixClock::new(now, unix_secs),
             config,
@@ -263,6 +276,16 @@ impl Relay {
         self.config.access_token = token;
     }
 
+    /// The shared access token, if set.
+    pub fn access_token(&self) -> Option<&[u8]> {
+        self.config.access_token.as_deref()
+    }
+
+    /// The clients file's table, if one is loaded.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.config.credentials.as_deref()
+    }
+
     /// Number of registered clients.
     pub fn client_count(&self) -> usize {
         self.clients.len()
@@ -286,6 +309,7 @@ impl Relay {
                 bytes_out: c.bytes_out,
                 partials: self.reassembler.owner_usage(c.generation).0,
                 mode: c.mode(),
+                perms: c.perms,
             })
             .collect()
     }
@@ -379,13 +403,18 @@ impl Relay {
         self.settle(out);
     }
 
-    /// Removes the client with this id; the others get PEER_LEFT(kicked).
-    /// False if no such client.
+    /// Removes the client with this id (`ip:port` or `NAME@ip:port`; a
+    /// name must match); it and the others get PEER_LEFT(kicked). False if
+    /// no such client.
     pub fn kick(&mut self, id: &ClientId, out: &mut Transmits) -> bool {
         let Some(slot) = self.clients.lookup(&id.addr()) else {
             return false;
         };
-        self.remove(slot, LeaveReason::Kicked);
+        let named = self.clients.get(slot).and_then(|c| c.id.name());
+        if id.name().is_some() && id.name() != named {
+            return false;
+        }
+        self.end_session(slot, LeaveReason::Kicked, out);
         self.settle(out);
         true
     }
@@ -395,7 +424,9 @@ impl Relay {
         self.settle(out);
         self.tail.clear();
         tlv::put(&mut self.tail, inner::SERVER_CLOSING, &[]);
+        self.closing = true;
         self.notify(None, out);
+        self.closing = false;
         let n = self.clients.len();
         let reassembler = &mut self.reassembler;
         self.clients

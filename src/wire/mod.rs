@@ -40,6 +40,9 @@ pub enum RejectReason {
     ServerFull = 3,
     /// The cookie was wrong or stale: send HELLO again.
     BadCookie = 4,
+    /// The client may not publish (a `sub` client's DATA, v2 §5); its
+    /// session stays.
+    Forbidden = 5,
 }
 
 impl RejectReason {
@@ -50,6 +53,7 @@ impl RejectReason {
             2 => Self::AuthFailed,
             3 => Self::ServerFull,
             4 => Self::BadCookie,
+            5 => Self::Forbidden,
             _ => return None,
         })
     }
@@ -66,6 +70,10 @@ pub enum LeaveReason {
     Kicked = 3,
     /// The server is shutting down.
     Shutdown = 4,
+    /// Its credential was removed or replaced (v2 §5).
+    Revoked = 5,
+    /// It was on another relay of a federation that is no longer heard from.
+    Unreachable = 6,
 }
 
 impl LeaveReason {
@@ -76,6 +84,8 @@ impl LeaveReason {
             2 => Self::Timeout,
             3 => Self::Kicked,
             4 => Self::Shutdown,
+            5 => Self::Revoked,
+            6 => Self::Unreachable,
             _ => return None,
         })
     }
@@ -87,6 +97,8 @@ impl LeaveReason {
             Self::Timeout => "timeout",
             Self::Kicked => "kicked",
             Self::Shutdown => "server shutdown",
+            Self::Revoked => "revoked",
+            Self::Unreachable => "unreachable",
         }
     }
 }

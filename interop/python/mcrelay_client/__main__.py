@@ -15,6 +15,7 @@ exits 0. Errors print one line to stderr and exit 1.
 """
 
 import argparse
+import re
 import signal
 import sys
 import time
@@ -57,9 +58,19 @@ _LOST = {
 }
 
 
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def display_sender(sender: str) -> str:
+    """A named client (``alice@10.0.0.5:40000``, v2 §5) by its name,
+    anyone else by its whole id."""
+    name, at, _ = sender.partition("@")
+    return name if at and _NAME.fullmatch(name) else sender
+
+
 def _format(ev) -> str:
     if isinstance(ev, events.Message):
-        return f"[{ev.sender}] {ev.body.decode('utf-8', 'replace')}"
+        return f"[{display_sender(ev.sender)}] {ev.body.decode('utf-8', 'replace')}"
     if isinstance(ev, events.PeerJoined):
         return f"* {ev.id} joined"
     if isinstance(ev, events.PeerLeft):

@@ -39,11 +39,13 @@ UNKNOWN_SESSION = 1
 AUTH_FAILED = 2
 SERVER_FULL = 3
 BAD_COOKIE = 4
+FORBIDDEN = 5
 REJECT_NAMES = {
     UNKNOWN_SESSION: "UNKNOWN_SESSION",
     AUTH_FAILED: "AUTH_FAILED",
     SERVER_FULL: "SERVER_FULL",
     BAD_COOKIE: "BAD_COOKIE",
+    FORBIDDEN: "FORBIDDEN",
 }
 
 # --- PEER_LEFT reasons (REASON u8) ---------------------------------------------
@@ -51,11 +53,15 @@ LEFT_BYE = 1
 LEFT_TIMEOUT = 2
 LEFT_KICKED = 3
 LEFT_SHUTDOWN = 4
+LEFT_REVOKED = 5
+LEFT_UNREACHABLE = 6
 LEFT_NAMES = {
     LEFT_BYE: "bye",
     LEFT_TIMEOUT: "timeout",
     LEFT_KICKED: "kicked",
     LEFT_SHUTDOWN: "server shutdown",
+    LEFT_REVOKED: "revoked",
+    LEFT_UNREACHABLE: "unreachable",
 }
 
 # --- Sizes ------------------------------------------------------------------

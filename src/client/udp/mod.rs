@@ -126,6 +126,13 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 /// sealed as a Fernet token, whatever the sender's id. The longest is a
 /// scoped IPv6 one, `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535`
 /// (58 bytes; a link-local client's is typically 35, an IPv4 one at most 21).
+///
+/// A named client's id has `NAME@` (up to 33 bytes) in front (v2 §5). The
+/// limit is not lowered for it: the relay refuses (drop cause `oversize`)
+/// a body whose relayed copy no longer fits a receiver's token, which only
+/// happens when name and address together pass 58 bytes (an IPv4 client
+/// with any name never does) and the body is within 33 bytes of this
+/// maximum. Unnamed clients keep the full size.
 pub const MAX_BODY_LEN: usize = {
     // A Fernet token is the padded base64url of version (1) + timestamp (8)
     // + IV (16) + AES-CBC ciphertext + HMAC (32) = 57 bytes + ciphertext.

@@ -50,7 +50,7 @@ fn leave(net: &mut Net, m: &mut V2, stay: &mut [V2], reason: LeaveReason) {
             assert!(net.relay.kick(&ClientId::new(m.addr), &mut net.tx));
             net.route(&mut VecDeque::new());
         }
-        LeaveReason::Shutdown => unreachable!(),
+        LeaveReason::Shutdown | LeaveReason::Revoked | LeaveReason::Unreachable => unreachable!(),
     }
 }
 
@@ -64,10 +64,17 @@ fn every_kind_of_leave_moves_the_key_and_the_leaver_reads_no_more() {
         let mut gone = ms.pop().unwrap();
         leave(&mut net, &mut gone, &mut ms, reason);
         assert_eq!((net.stats().rekeys, epoch(&net)), (1, e + 1), "{reason:?}");
-        assert!(
-            net.take_stray(gone.addr).is_empty(),
-            "no key for the leaver"
-        );
+        // No key for the leaver; a kicked one is told it was kicked (v2 §5).
+        let told: Vec<String> = gone
+            .open_all(&net.take_stray(gone.addr))
+            .iter()
+            .map(|p| summary(p))
+            .collect();
+        let expect = match reason {
+            LeaveReason::Kicked => vec![format!("left {} (3)", gone.addr)],
+            _ => vec![],
+        };
+        assert_eq!(told, expect, "{reason:?}");
         for m in ms.iter_mut() {
             assert_eq!(keys(&mut net, m), [e + 1], "{reason:?}");
         }

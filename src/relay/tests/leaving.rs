@@ -109,16 +109,14 @@ fn bye_removes_the_client_and_tells_the_others() {
 }
 
 #[test]
-fn a_kicked_client_is_not_told_and_becomes_a_stranger() {
+fn a_kicked_client_is_told_in_its_own_session_and_becomes_a_stranger() {
     let mut net = Net::new(Config::default());
     let [_, b, c] = three(&mut net);
     assert!(net.relay.kick(&net.cid(b), &mut net.tx));
     net.route(&mut VecDeque::new());
     assert_eq!(net.take_events(c), [left(&net.id(b), LeaveReason::Kicked)]);
-    assert!(
-        net.take_events(b).is_empty(),
-        "the kicked client is not told"
-    );
+    // v2 §5: the kicked client hears of it itself, with REASON 3.
+    assert_eq!(net.take_events(b), [left(&net.id(b), LeaveReason::Kicked)]);
     net.keepalive(b);
     assert_eq!(
         net.take_events(b),

@@ -246,3 +246,4 @@ fn many(kind: u16, value: &[u8]) -> Vec<u8> {
     }
     d
 }
+mod named;

@@ -57,10 +57,16 @@ pub(super) struct V2 {
 impl V2 {
     /// Takes the WELCOME's grants: CAPS, and the group's key, downlink
     /// and signer when GROUP was granted.
-    fn adopt_welcome(&mut self, d: &[u8]) {
+    pub(super) fn adopt_welcome(&mut self, d: &[u8]) {
         let plain = open_single(&mut self.session, d, outer::WELCOME);
         let w = Inner::parse(&plain).unwrap();
-        assert_eq!(w.client_id, Some(self.addr.to_string().as_bytes()));
+        // `address:port`, or `NAME@address:port` for a named client (v2 §5).
+        let id = w.client_id.expect("a WELCOME carries CLIENT_ID");
+        let addr = self.addr.to_string();
+        let name = id
+            .strip_suffix(addr.as_bytes())
+            .expect("the id ends with the address");
+        assert!(name.is_empty() || name.ends_with(b"@"), "{id:?}");
         self.caps = w.caps.expect("a v2 WELCOME carries CAPS");
         self.group = match (w.group_signer, w.group_key) {
             (Some(s), Some((epoch, key))) => Some(GroupMember::new(s, epoch, key).unwrap()),
