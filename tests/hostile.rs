@@ -888,7 +888,7 @@ fn a_host_flooding_from_100_ports_cannot_keep_another_host_out() {
     assert!(
         times
             .iter()
-            .all(|t| t.is_some_and(|t| t < 5 * OTHER_HOST_TARGET)),
+            .all(|t| t.is_some_and(|t| t < 10 * OTHER_HOST_TARGET)),
         "newcomers from another host: {times:?}"
     );
     assert_eq!(

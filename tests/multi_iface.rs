@@ -482,6 +482,11 @@ fn an_interface_set_down_and_up_is_rejoined_and_relays_again() {
     let port = server.port.to_string();
     let (mut listener, lines) =
         listen_on_loopback(&hosts.relay, &["--group", "239.255.0.77", "--port", &port]);
+    // The listener must be in before anything is sent to it.
+    let connected = lines
+        .recv_timeout(DEADLINE)
+        .expect("the listener's first line");
+    assert!(connected.starts_with("* connected as"), "{connected}");
     assert!(
         guest_message_arrives(&hosts, server.port, &lines, "before the flap"),
         "{}",
