@@ -323,3 +323,46 @@ fn unknown_keys_and_bad_values_are_one_line_errors() {
     assert!(err.contains("for --port"), "{err}");
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// SIGHUP with `--config`: the file is read again; the log level and the
+/// client timeout apply at once and are logged; a key that needs a restart
+/// is logged as such; a file that no longer parses keeps the running
+/// configuration.
+#[test]
+fn sighup_rereads_the_config_file() {
+    let dir = tempdir("reload");
+    let cfg = dir.join("relay.toml");
+    let write = |text: &str| fs::write(&cfg, text).unwrap();
+    write("log-level = \"info\"\nclient-timeout = 60\niface = [\"127.0.0.1\"]\n");
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "serve",
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        "--config",
+        s(&cfg),
+    ]);
+    let mut server = Server::spawn(cmd);
+    assert!(server.find_log("DEBUG").is_none());
+
+    write("log-level = \"debug\"\nclient-timeout = 30\niface = [\"127.0.0.1\"]\nmax-datagram = 1000\n");
+    signal(&server, libc::SIGHUP);
+    server.wait_log("SIGHUP: log-level: \"info\" -> \"debug\"", DEADLINE);
+    server.wait_log("SIGHUP: client-timeout: 60 -> 30", DEADLINE);
+    server.wait_log("max-datagram: 1200 -> 1000 (needs a restart)", DEADLINE);
+    // Debug lines now reach stderr: a stranger's datagram is one.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let end = std::time::Instant::now() + DEADLINE;
+    while server.find_log("[DEBUG]").is_none() {
+        assert!(std::time::Instant::now() < end, "{}", server.log_text());
+        sock.send_to(&[0, 5, 0, 1, 0], server.addr()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    write("log-level = \"loud\"\n");
+    signal(&server, libc::SIGHUP);
+    server.wait_log("keeping the running configuration", DEADLINE);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -108,31 +108,31 @@ pub const FLAGS: &[Flag] = &[
     flag("max-datagram", Arity::Value, false),
     unset("key-file", false, "not set: a new key in memory only"),
     flag("rsa-bits", Arity::Value, false),
-    unset("token-file", true, "not set: no shared token"),
-    unset("clients-file", true, "not set: no named clients"),
+    unset("token-file", false, "not set: no shared token"),
+    unset("clients-file", false, "not set: no named clients"),
     flag("no-group-mode", Arity::Switch, false),
     flag("downlink", Arity::List, false),
     flag("ttl", Arity::Value, false),
     flag("client-timeout", Arity::Value, true),
     flag("max-clients", Arity::Value, true),
     flag("max-clients-per-ip", Arity::Value, true),
-    flag("handshake-rate", Arity::Value, true),
-    flag("handshake-burst", Arity::Value, true),
+    flag("handshake-rate", Arity::Value, false),
+    flag("handshake-burst", Arity::Value, false),
     unset(
         "rsa-rate",
-        true,
+        false,
         "not set: by the key's size, 200 for 2048 bits, 60 for 3072, 25 for 4096",
     ),
-    flag("reassembly-partials", Arity::Value, true),
-    flag("reassembly-client-bytes", Arity::Value, true),
-    flag("reassembly-total-bytes", Arity::Value, true),
-    flag("reassembly-message-bytes", Arity::Value, true),
-    flag("reassembly-age", Arity::Value, true),
+    flag("reassembly-partials", Arity::Value, false),
+    flag("reassembly-client-bytes", Arity::Value, false),
+    flag("reassembly-total-bytes", Arity::Value, false),
+    flag("reassembly-message-bytes", Arity::Value, false),
+    flag("reassembly-age", Arity::Value, false),
     flag("admin-bind", Arity::Value, false),
     flag("admin-port", Arity::Value, false),
     flag("no-admin", Arity::Switch, false),
     flag("admin-max-sessions", Arity::Value, false),
-    unset("admin-token-file", true, "not set: no admin token"),
+    unset("admin-token-file", false, "not set: no admin token"),
     flag("admin-insecure", Arity::Switch, false),
     flag("log-level", Arity::Value, true),
     flag("log-ring", Arity::Value, false),
@@ -443,7 +443,11 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         print!("{HELP}");
         return Ok(());
     }
-    let (opts, _config_path, print) = options(args)?;
+    // The command line as given, for re-reading the config file on SIGHUP
+    // (`mcrelay serve ARGS`: the arguments after the subcommand).
+    let command_line: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    let (opts, config_path, print) = options(args)?;
+    let mut running = opts.values();
     if print {
         print!("{}", config_file::render(&opts.values(), FLAGS));
         return Ok(());
@@ -532,6 +536,9 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
             );
             if let Some(path) = clients_file.as_deref() {
                 reload_clients(relay, path, out);
+            }
+            if let Some(path) = config_path.as_deref() {
+                reload_config(relay, path, &command_line, &mut running);
             }
         },
     ));
@@ -649,6 +656,47 @@ fn downlinks_for(
         }
     }
     Ok(downlinks)
+}
+
+/// SIGHUP with `--config`: reads the file (and the command line) again,
+/// applies what can change while running (log level, client timeout,
+/// client caps), and logs every change, saying which need a restart. A
+/// file that no longer parses keeps the running configuration.
+fn reload_config(
+    relay: &mut Relay,
+    path: &str,
+    command_line: &[std::ffi::OsString],
+    running: &mut config_file::Values,
+) {
+    let (new, _, _) = match options(pico_args::Arguments::from_vec(command_line.to_vec())) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            warn!("SIGHUP: config file {path}: {e}; keeping the running configuration");
+            return;
+        }
+    };
+    let changes = config_file::changes(running, &new.values(), FLAGS);
+    if changes.is_empty() {
+        info!("SIGHUP: config file {path} unchanged");
+    }
+    for c in &changes {
+        match c.applies {
+            config_file::Applies::Reload => info!("SIGHUP: {c}"),
+            config_file::Applies::Restart => warn!("SIGHUP: {c}"),
+        }
+    }
+    logring::set_stderr_level(new.level);
+    let c = &new.config;
+    relay.set_limits(c.client_timeout, c.max_clients, c.max_clients_per_ip);
+    // What needs a restart keeps its running value, so it is reported
+    // again at the next reload until the relay restarts.
+    for change in changes {
+        if change.applies == config_file::Applies::Reload {
+            if let Some(slot) = running.iter_mut().find(|(k, _)| *k == change.key) {
+                slot.1 = change.new;
+            }
+        }
+    }
 }
 
 /// Parses an optional flag that must lie in `range`; the error names the flag.
@@ -811,8 +859,10 @@ mod tests {
             [
                 ("port", Applies::Restart),
                 ("iface", Applies::Restart),
-                ("token-file", Applies::Reload),
-                ("clients-file", Applies::Reload),
+                // A file's contents are re-read at every reload; another
+                // path takes a restart.
+                ("token-file", Applies::Restart),
+                ("clients-file", Applies::Restart),
                 ("client-timeout", Applies::Reload),
                 ("log-level", Applies::Reload),
             ]

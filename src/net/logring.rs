@@ -118,11 +118,11 @@ struct Logger {
 
 impl Log for Logger {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
-        m.level() <= filter_from(RING_LEVEL.load(Ordering::Relaxed)) || self.stderr.enabled(m)
+        m.level() <= filter_from(RING_LEVEL.load(Ordering::Relaxed)) || stderr_enabled(m)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if self.stderr.enabled(record.metadata()) {
+        if stderr_enabled(record.metadata()) {
             self.stderr.log(record);
         }
         if record.level() <= filter_from(RING_LEVEL.load(Ordering::Relaxed)) {
@@ -146,6 +146,17 @@ impl Log for Logger {
     }
 }
 
+/// Whether a record goes to stderr at the current stderr level.
+fn stderr_enabled(m: &Metadata<'_>) -> bool {
+    m.level() <= filter_from(STDERR_LEVEL.load(Ordering::Relaxed))
+}
+
+/// Changes the stderr level (a configuration reload).
+pub fn set_stderr_level(level: LevelFilter) {
+    STDERR_LEVEL.store(level as usize, Ordering::Relaxed);
+    set_ring_level(filter_from(RING_LEVEL.load(Ordering::Relaxed)));
+}
+
 /// Installs the logger: stderr at `stderr_level`, ring of `capacity` records.
 pub fn init(stderr_level: LevelFilter, capacity: usize) {
     with_ring(|r| *r = Ring::new(capacity));
@@ -155,7 +166,9 @@ pub fn init(stderr_level: LevelFilter, capacity: usize) {
         .set_target_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)
         .build();
-    let stderr = simplelog::WriteLogger::new(stderr_level, config, std::io::stderr());
+    // simplelog writes what it is given; the level is ours (STDERR_LEVEL),
+    // so that a reload can change it.
+    let stderr = simplelog::WriteLogger::new(LevelFilter::Trace, config, std::io::stderr());
     if log::set_boxed_logger(Box::new(Logger { stderr })).is_ok() {
         set_ring_level(LevelFilter::Info);
     }

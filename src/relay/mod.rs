@@ -227,6 +227,16 @@ impl Relay {
         relay
     }
 
+    /// Input from the shell (a configuration reload): the limits that apply
+    /// from now on: the idle timeout (armed timers re-arm from it), and the
+    /// table sizes checked at each new handshake. Sessions over a lowered
+    /// cap stay.
+    pub fn set_limits(&mut self, client_timeout: Duration, max_clients: usize, per_ip: usize) {
+        self.config.client_timeout = client_timeout;
+        self.config.max_clients = max_clients;
+        self.config.max_clients_per_ip = per_ip;
+    }
+
     /// Input from the shell: whether each family's downlink (IPv4, IPv6)
     /// goes out on at least one interface now. A client of a family whose
     /// downlink reaches no interface is not granted group mode: it would
