@@ -873,7 +873,7 @@ mod tests {
         );
         assert_eq!(
             plan[3].to_string(),
-            "clients-file: (not set) -> \"/etc/clients\""
+            "clients-file: (not set) -> \"/etc/clients\" (needs a restart)"
         );
         assert!(changes(&new.values(), &new.values(), FLAGS).is_empty());
     }
