@@ -53,6 +53,7 @@ impl Relay {
                 self.stats.messages_relayed += 1;
                 let n = self.broadcast(Some(slot), out)?;
                 self.stats.deliveries += n as u64;
+                self.relayed(slot, body);
             }
             TokenKind::Bye => self.remove(slot, LeaveReason::Bye),
             // KEEPALIVE: last_seen, and in v2 a member's KEY_REQUEST or
@@ -167,7 +168,7 @@ impl Relay {
             LeaveReason::Bye => self.stats.clients_left += 1,
             LeaveReason::Timeout => self.stats.clients_timed_out += 1,
             LeaveReason::Kicked => self.stats.clients_kicked += 1,
-            LeaveReason::Shutdown => {}
+            LeaveReason::Shutdown | LeaveReason::Revoked | LeaveReason::Unreachable => {}
         }
         info!("client {} left ({})", c.id, reason.name());
         self.tail.clear();

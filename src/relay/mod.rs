@@ -29,6 +29,7 @@
 //! - `deliver`: tokens from members, fragments, fan-out, leaving.
 //! - `group`: group mode (v2 §4): one signed GROUP_DATA for all members,
 //!   rekeys on leaves, ratchets on joins, key requests and probes.
+//! - `remote`: what members of other relays do (federation).
 //! - `clients`: the client table.
 //! - `transmit`: output framing and fragmenting.
 //! - [`drop`]: why an input was dropped, counted in one place.
@@ -45,6 +46,7 @@ mod dispatch;
 pub mod drop;
 mod group;
 mod handshake;
+mod remote;
 mod seen;
 pub mod stats;
 #[cfg(test)]
@@ -75,6 +77,7 @@ use seen::SeenSessionKeys;
 use transmit::Emitter;
 
 pub use clients::{ClientId, ClientInfo};
+pub use remote::RemoteInput;
 pub use transmit::Transmits;
 
 /// Timer wheel resolution.
@@ -102,6 +105,14 @@ pub enum Event {
         id: ClientId,
         /// Why.
         reason: LeaveReason,
+    },
+    /// A local member's message was relayed (only with `Config::federation`
+    /// on): the shell publishes it to the other relays.
+    Relayed {
+        /// The sender's id as its SENDER_ID reads.
+        sender: String,
+        /// The application bytes.
+        body: Vec<u8>,
     },
 }
 

@@ -66,6 +66,10 @@ pub enum LeaveReason {
     Kicked = 3,
     /// The server is shutting down.
     Shutdown = 4,
+    /// Its credentials were revoked.
+    Revoked = 5,
+    /// It was a member of a federated relay that went silent.
+    Unreachable = 6,
 }
 
 impl LeaveReason {
@@ -76,6 +80,8 @@ impl LeaveReason {
             2 => Self::Timeout,
             3 => Self::Kicked,
             4 => Self::Shutdown,
+            5 => Self::Revoked,
+            6 => Self::Unreachable,
             _ => return None,
         })
     }
@@ -87,6 +93,8 @@ impl LeaveReason {
             Self::Timeout => "timeout",
             Self::Kicked => "kicked",
             Self::Shutdown => "server shutdown",
+            Self::Revoked => "revoked",
+            Self::Unreachable => "unreachable",
         }
     }
 }

@@ -50,7 +50,7 @@ fn leave(net: &mut Net, m: &mut V2, stay: &mut [V2], reason: LeaveReason) {
             assert!(net.relay.kick(&ClientId::new(m.addr), &mut net.tx));
             net.route(&mut VecDeque::new());
         }
-        LeaveReason::Shutdown => unreachable!(),
+        _ => unreachable!(),
     }
 }
 
