@@ -55,8 +55,9 @@ const MAX_ABUSE: u8 = 5;
 /// Wrong tokens tolerated before closing.
 const MAX_BAD_AUTH: u8 = 3;
 
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "help",
+    "federation",
     "ifaces",
     "clients",
     "stats",
@@ -78,6 +79,7 @@ kick ID            remove client ID (ip:port); the others are told it was kicked
 log LEVEL|off      live log level of this session: error, warn, info, debug, trace or off
 log tail N         the last N lines of the log ring
 fingerprint        SHA-256 fingerprint of the server key
+federation         the NATS link (state, server), one line per remote relay (members, seconds since heard, alive|unreachable), the link counters
 ifaces             each served interface: per family joined, waiting, error or n/a
 version            the server's version
 shutdown           tell every client the server is closing, then exit
@@ -231,6 +233,8 @@ pub struct Admin {
     sessions_total: u64,
     /// The interfaces' membership states, as the loop last saw them.
     ifaces: Vec<String>,
+    /// The federation's description and counters (None: not federated).
+    federation: Option<(Vec<String>, Vec<(String, u64)>)>,
     closed_abuse: u64,
     closed_bad_auth: u64,
     reply_waits: u64,
@@ -249,6 +253,7 @@ impl Admin {
             lines_dropped: 0,
             sessions_total: 0,
             ifaces: Vec::new(),
+            federation: None,
             closed_abuse: 0,
             closed_bad_auth: 0,
             reply_waits: 0,
@@ -317,6 +322,12 @@ impl Admin {
     /// every interface check).
     pub fn set_ifaces(&mut self, lines: Vec<String>) {
         self.ifaces = lines;
+    }
+
+    /// What `federation` prints and the `federation_` counters `stats`
+    /// adds, refreshed by the loop before commands run.
+    pub fn set_federation(&mut self, view: Option<(Vec<String>, Vec<(String, u64)>)>) {
+        self.federation = view;
     }
 
     /// Handles readiness of the listener or a session. Session input is
@@ -493,6 +504,9 @@ impl Admin {
         ] {
             lines.push((name.to_string(), v));
         }
+        if let Some((_, counters)) = &self.federation {
+            lines.extend(counters.iter().cloned());
+        }
         lines
     }
 
@@ -563,6 +577,15 @@ impl Admin {
         }
         s.abuse = 0;
         match (cmd, arg) {
+            ("federation", "") => match &self.federation {
+                Some((text, _)) => {
+                    for line in text {
+                        s.reply(line);
+                    }
+                    s.reply("OK");
+                }
+                None => s.reply("ERR federation is off"),
+            },
             ("ifaces", "") => {
                 for line in &self.ifaces {
                     s.reply(line);
