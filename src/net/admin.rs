@@ -87,6 +87,10 @@ quit               close this session
 auth TOKEN         authenticate (when the server has an admin token)
 ";
 
+/// What the admin channel shows of the federation: the `federation`
+/// lines, and the `federation_` counters `stats` adds.
+pub type FederationView = (Vec<String>, Vec<(String, u64)>);
+
 /// Admin channel settings.
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
@@ -234,7 +238,7 @@ pub struct Admin {
     /// The interfaces' membership states, as the loop last saw them.
     ifaces: Vec<String>,
     /// The federation's description and counters (None: not federated).
-    federation: Option<(Vec<String>, Vec<(String, u64)>)>,
+    federation: Option<FederationView>,
     closed_abuse: u64,
     closed_bad_auth: u64,
     reply_waits: u64,
@@ -326,7 +330,7 @@ impl Admin {
 
     /// What `federation` prints and the `federation_` counters `stats`
     /// adds, refreshed by the loop before commands run.
-    pub fn set_federation(&mut self, view: Option<(Vec<String>, Vec<(String, u64)>)>) {
+    pub fn set_federation(&mut self, view: Option<FederationView>) {
         self.federation = view;
     }
 
