@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -103,7 +103,7 @@ fn key_file(test: &str) -> PathBuf {
 }
 
 /// A relay named `name` federated through `nats` (comma-joined seeds).
-fn relay(name: &str, nats: &[&Nats], key: &PathBuf, extra: &[&str]) -> Server {
+fn relay(name: &str, nats: &[&Nats], key: &Path, extra: &[&str]) -> Server {
     let seeds: Vec<String> = nats.iter().map(|n| n.url()).collect();
     let seeds = seeds.join(",");
     let mut args = vec![
