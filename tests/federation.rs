@@ -410,3 +410,29 @@ fn a_relay_shutting_down_announces_its_members_left() {
     assert!(b.wait_exit(DEADLINE).is_some_and(|s| s.success()));
     fs::remove_file(key).unwrap();
 }
+
+#[test]
+fn a_relay_with_the_wrong_key_is_dropped_and_counted() {
+    let nats = Nats::start(&[]);
+    let key = key_file("right");
+    let wrong = key_file("wrong");
+    let a = relay("alpha", &[&nats], &key, &[]);
+    let c = relay("gamma", &[&nats], &wrong, &[]);
+    until("both relays connected", || {
+        [&a, &c]
+            .iter()
+            .all(|r| federation(r)[0].starts_with("state connected"))
+    });
+    let mut a1 = client(&a, false);
+    let mut c1 = client(&c, false);
+    c1.send(b"not for alpha").unwrap();
+    let mut admin = a.admin();
+    until("alpha to count gamma's traffic as unsealed", || {
+        admin.stat("federation_dropped_unsealed") >= 2
+    });
+    let got = messages(&drain(&mut a1, Duration::from_millis(500)));
+    assert!(got.is_empty(), "{got:?}");
+    assert!(!federation(&a).iter().any(|l| l.starts_with("relay gamma")));
+    fs::remove_file(key).unwrap();
+    fs::remove_file(wrong).unwrap();
+}
