@@ -81,6 +81,16 @@ fn every_key(dir: &Path) -> String {
             "reassembly-total-bytes" => "8388609".into(),
             "reassembly-message-bytes" => "65537".into(),
             "reassembly-age" => "11".into(),
+            // Not federated: user and password exclude a token file, and a
+            // federated start is tests/federation.rs's.
+            "federate" => "[]".into(),
+            "federation-key-file" => format!("\"{}\"", s(&dir.join("federation.key"))),
+            "relay-name" => "\"office-1\"".into(),
+            "federation-subject" => "\"mcrelay.test\"".into(),
+            "announce-period" => "7".into(),
+            "nats-user" => "\"relay\"".into(),
+            "nats-password-file" => format!("\"{}\"", s(&dir.join("nats-pass"))),
+            "nats-token-file" => format!("\"{}\"", s(&dir.join("nats-token"))),
             "admin-bind" => "\"127.0.0.1\"".into(),
             "admin-port" => "0".into(),
             "no-admin" => "false".into(),

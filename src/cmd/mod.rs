@@ -4,6 +4,7 @@ pub mod bench;
 pub mod chat;
 pub mod client;
 pub mod client_args;
+pub mod federate;
 pub mod federation_key;
 pub mod fingerprint;
 pub mod listen;

@@ -17,6 +17,7 @@ use mcrelay::{Admin, AdminConfig};
 use mcrelay::{Relay, Transmits};
 use mcrelay::{ServerKey, KEY_SIZES};
 
+use super::federate::FederationOptions;
 use super::{finish, many, opt, read_token_file};
 use mcrelay::configfile::{self as config_file, toml_string, Arity, Flag, Values};
 
@@ -86,6 +87,23 @@ REASSEMBLY (fragments of large messages):
     --reassembly-message-bytes N largest reassembled message [default: 65536]
     --reassembly-age SECS        drop partial messages older than this [default: 10]
 
+FEDERATION (one group across relays, through NATS; see README):
+    --federate nats://HOST:PORT[,nats://...]
+                                 NATS servers to start from (the cluster's others are
+                                 learned from them); repeatable [default: not federated]
+    --federation-key-file PATH   the Fernet key every relay of the federation shares
+                                 (`mcrelay federation-key`); required with --federate
+    --relay-name NAME            this relay's name in the federation, unique in it:
+                                 1-64 of A-Z a-z 0-9 . _ - [default: the host name]
+    --federation-subject SUBJECT the NATS subject the relays share
+                                 [default: mcrelay.<group>.<port>, '.' and ':' of the
+                                 group as '-'; the IPv4 group, else the IPv6 one]
+    --announce-period SECS       how often the member list is announced; a relay silent
+                                 for three periods is gone [default: 5]
+    --nats-user USER             NATS user, with --nats-password-file
+    --nats-password-file PATH    NATS password (the file's contents, trimmed)
+    --nats-token-file PATH       NATS token instead of user and password
+
 ADMIN (plain text over TCP, e.g. `nc 127.0.0.1 5008`; type help):
     --admin-bind ADDR            address of the admin channel [default: 127.0.0.1]
     --admin-port PORT            TCP admin port (0 picks a free one) [default: 5008]
@@ -128,6 +146,22 @@ pub const FLAGS: &[Flag] = &[
     flag("reassembly-total-bytes", Arity::Value, false),
     flag("reassembly-message-bytes", Arity::Value, false),
     flag("reassembly-age", Arity::Value, false),
+    flag("federate", Arity::List, false),
+    unset(
+        "federation-key-file",
+        false,
+        "not set: required with federate",
+    ),
+    unset("relay-name", false, "not set: the host name"),
+    unset(
+        "federation-subject",
+        false,
+        "not set: mcrelay.<group>.<port>",
+    ),
+    flag("announce-period", Arity::Value, false),
+    unset("nats-user", false, "not set: no NATS user"),
+    unset("nats-password-file", false, "not set: no NATS password"),
+    unset("nats-token-file", false, "not set: no NATS token"),
     flag("admin-bind", Arity::Value, false),
     flag("admin-port", Arity::Value, false),
     flag("no-admin", Arity::Switch, false),
@@ -187,6 +221,8 @@ pub struct ServeOptions {
     pub token_file: Option<String>,
     /// `--clients-file`.
     pub clients_file: Option<String>,
+    /// `--federate` and the other federation flags.
+    pub federation: FederationOptions,
     /// `--admin-bind`.
     pub admin_bind: IpAddr,
     /// `--admin-port`.
@@ -287,6 +323,8 @@ impl ServeOptions {
         r.max_message_bytes =
             ranged(args, "--reassembly-message-bytes", 1..=GIB)?.unwrap_or(r.max_message_bytes);
         r.max_age = secs(ranged(args, "--reassembly-age", 1..=3600)?, r.max_age);
+        let federation = FederationOptions::parse(args)?;
+        config.federation = federation.enabled();
         Ok(ServeOptions {
             listen,
             config,
@@ -296,6 +334,7 @@ impl ServeOptions {
             rsa_rate,
             token_file,
             clients_file,
+            federation,
             admin_bind: opt(args, "--admin-bind")?.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             admin_port: opt(args, "--admin-port")?.unwrap_or(5008),
             no_admin: args.contains("--no-admin"),
@@ -351,7 +390,7 @@ impl ServeOptions {
                 other => other.to_string(),
             })
             .collect();
-        vec![
+        let mut values = vec![
             ("group", list(groups)),
             ("port", int(l.port.into())),
             ("iface", list(ifaces)),
@@ -378,6 +417,9 @@ impl ServeOptions {
             ("reassembly-total-bytes", int(r.max_total_bytes as u64)),
             ("reassembly-message-bytes", int(r.max_message_bytes as u64)),
             ("reassembly-age", int(r.max_age.as_secs())),
+        ];
+        values.extend(self.federation.values());
+        values.extend([
             (
                 "admin-bind",
                 Some(toml_string(&self.admin_bind.to_string())),
@@ -392,7 +434,8 @@ impl ServeOptions {
                 Some(toml_string(&self.level.to_string().to_lowercase())),
             ),
             ("log-ring", int(self.log_ring as u64)),
-        ]
+        ]);
+        values
     }
 }
 
@@ -461,6 +504,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         rsa_rate,
         token_file,
         clients_file,
+        federation,
         admin_bind,
         admin_port,
         no_admin,
@@ -543,6 +587,15 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         },
     ));
     let addrs = server.local_addrs().map_err(|e| e.to_string())?;
+    // Federation: the default subject names the group and the bound port.
+    let fed_group = listen
+        .group_v4
+        .map(IpAddr::V4)
+        .or(listen.group_v6.map(IpAddr::V6));
+    let bound_port = addrs.first().map_or(listen.port, SocketAddr::port);
+    if let Some(link) = federation.link(fed_group, bound_port)? {
+        server.federate(link);
+    }
     let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let groups: Vec<String> = [
         listen.group_v4.map(IpAddr::V4),

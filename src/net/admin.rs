@@ -57,8 +57,9 @@ const MAX_ABUSE: u8 = 5;
 /// Wrong tokens tolerated before closing.
 const MAX_BAD_AUTH: u8 = 3;
 
-const COMMANDS: [&str; 14] = [
+const COMMANDS: [&str; 15] = [
     "help",
+    "federation",
     "ifaces",
     "clients",
     "stats",
@@ -86,12 +87,17 @@ bans               one line per ban: target and seconds left (or `until unban`)
 log LEVEL|off      live log level of this session: error, warn, info, debug, trace or off
 log tail N         the last N lines of the log ring
 fingerprint        SHA-256 fingerprint of the server key
+federation         the NATS link (state, server), one line per remote relay (members, seconds since heard, alive|unreachable), the link counters
 ifaces             each served interface: per family joined, waiting, error or n/a
 version            the server's version
 shutdown           tell every client the server is closing, then exit
 quit               close this session
 auth TOKEN         authenticate (when the server has an admin token)
 ";
+
+/// What the admin channel shows of the federation: the `federation`
+/// lines, and the `federation_` counters `stats` adds.
+pub type FederationView = (Vec<String>, Vec<(String, u64)>);
 
 /// Admin channel settings.
 #[derive(Clone, Debug)]
@@ -239,6 +245,8 @@ pub struct Admin {
     sessions_total: u64,
     /// The interfaces' membership states, as the loop last saw them.
     ifaces: Vec<String>,
+    /// The federation's description and counters (None: not federated).
+    federation: Option<FederationView>,
     closed_abuse: u64,
     closed_bad_auth: u64,
     reply_waits: u64,
@@ -257,6 +265,7 @@ impl Admin {
             lines_dropped: 0,
             sessions_total: 0,
             ifaces: Vec::new(),
+            federation: None,
             closed_abuse: 0,
             closed_bad_auth: 0,
             reply_waits: 0,
@@ -325,6 +334,12 @@ impl Admin {
     /// every interface check).
     pub fn set_ifaces(&mut self, lines: Vec<String>) {
         self.ifaces = lines;
+    }
+
+    /// What `federation` prints and the `federation_` counters `stats`
+    /// adds, refreshed by the loop before commands run.
+    pub fn set_federation(&mut self, view: Option<FederationView>) {
+        self.federation = view;
     }
 
     /// Handles readiness of the listener or a session. Session input is
@@ -501,6 +516,9 @@ impl Admin {
         ] {
             lines.push((name.to_string(), v));
         }
+        if let Some((_, counters)) = &self.federation {
+            lines.extend(counters.iter().cloned());
+        }
         lines
     }
 
@@ -571,6 +589,15 @@ impl Admin {
         }
         s.abuse = 0;
         match (cmd, arg) {
+            ("federation", "") => match &self.federation {
+                Some((text, _)) => {
+                    for line in text {
+                        s.reply(line);
+                    }
+                    s.reply("OK");
+                }
+                None => s.reply("ERR federation is off"),
+            },
             ("ifaces", "") => {
                 for line in &self.ifaces {
                     s.reply(line);

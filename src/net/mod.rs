@@ -9,6 +9,7 @@ pub mod batch;
 pub mod clientsfile;
 pub mod configfile;
 pub mod downlink;
+pub mod federate;
 pub mod fedkey;
 pub mod iface;
 pub mod keyfile;

@@ -93,6 +93,8 @@ const LEFT: &str = "mcrelay_sessions_ended_total";
 const LEFT_HELP: &str = "Client sessions ended, by reason.";
 const ADMIN_CLOSED: &str = "mcrelay_admin_sessions_closed_total";
 const ADMIN_CLOSED_HELP: &str = "Admin sessions the relay closed, by reason.";
+const FED_DROPPED: &str = "mcrelay_federation_dropped_total";
+const FED_DROPPED_HELP: &str = "Federation messages dropped, by cause.";
 
 /// Every plain `stats` name the exposition knows (the `drop_` ones aside).
 pub const METRICS: &[Metric] = &[
@@ -252,6 +254,84 @@ pub const METRICS: &[Metric] = &[
         "mcrelay_log_lines_dropped_total",
         "Log lines admin sessions lost because they read too slowly.",
     ),
+    counter(
+        "federation_published",
+        "mcrelay_federation_published_total",
+        "Federation messages written to NATS.",
+    ),
+    counter(
+        "federation_received",
+        "mcrelay_federation_received_total",
+        "Federation messages accepted from NATS.",
+    ),
+    labelled(
+        "federation_dropped_malformed",
+        FED_DROPPED,
+        ("cause", "malformed"),
+        FED_DROPPED_HELP,
+    ),
+    labelled(
+        "federation_dropped_unsealed",
+        FED_DROPPED,
+        ("cause", "unsealed"),
+        FED_DROPPED_HELP,
+    ),
+    labelled(
+        "federation_dropped_replayed",
+        FED_DROPPED,
+        ("cause", "replayed"),
+        FED_DROPPED_HELP,
+    ),
+    labelled(
+        "federation_dropped_own",
+        FED_DROPPED,
+        ("cause", "own"),
+        FED_DROPPED_HELP,
+    ),
+    labelled(
+        "federation_dropped_overflow",
+        FED_DROPPED,
+        ("cause", "overflow"),
+        FED_DROPPED_HELP,
+    ),
+    labelled(
+        "federation_dropped_oversize",
+        FED_DROPPED,
+        ("cause", "oversize"),
+        FED_DROPPED_HELP,
+    ),
+    labelled(
+        "federation_dropped_too_many_relays",
+        FED_DROPPED,
+        ("cause", "too_many_relays"),
+        FED_DROPPED_HELP,
+    ),
+    labelled(
+        "federation_dropped_members_full",
+        FED_DROPPED,
+        ("cause", "members_full"),
+        FED_DROPPED_HELP,
+    ),
+    counter(
+        "federation_reconnects",
+        "mcrelay_federation_reconnects_total",
+        "NATS connections established after the first.",
+    ),
+    counter(
+        "federation_server_errors",
+        "mcrelay_federation_server_errors_total",
+        "-ERR lines from NATS servers.",
+    ),
+    gauge(
+        "federation_buffered",
+        "mcrelay_federation_buffered",
+        "Federation messages waiting for a NATS server.",
+    ),
+    gauge(
+        "federation_connected",
+        "mcrelay_federation_connected",
+        "1 while the federation link is subscribed on a NATS server.",
+    ),
 ];
 
 /// How `plain` is exported: its table entry, a `drop_` family member, or
@@ -387,6 +467,12 @@ mod tests {
         Stats::default().for_each(|name, _| {
             if metric_for(name).kind == Kind::Untyped {
                 unknown.push(name.to_string());
+            }
+        });
+        crate::federation::members::LinkStats::default().for_each(|name, _| {
+            let name = format!("federation_{name}");
+            if metric_for(&name).kind == Kind::Untyped {
+                unknown.push(name);
             }
         });
         assert!(unknown.is_empty(), "no METRICS entry for {unknown:?}");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::net::admin::{Action, Admin};
 use crate::net::downlink::Downlink;
+use crate::net::federate::Federation;
 use crate::net::iface::{self, Memberships};
 use crate::net::socket::{Listen, SocketJoiner, UdpSockets};
 use crate::relay::{Relay, Transmits};
@@ -26,6 +27,7 @@ const UDP6: Token = Token(4);
 const SIG_STOP: Token = Token(1);
 const SIG_HUP: Token = Token(2);
 const ADMIN_LISTENER: Token = Token(3);
+const NATS: Token = Token(5);
 /// Admin sessions get tokens from here up.
 const ADMIN_SESSIONS: usize = 16;
 
@@ -79,6 +81,7 @@ pub struct Server {
     out: Transmits,
     buf: Vec<u8>,
     reload: Option<Reload>,
+    federation: Option<Federation>,
 }
 
 impl Server {
@@ -124,12 +127,19 @@ impl Server {
             out: Transmits::new(),
             buf: vec![0; 65536],
             reload: None,
+            federation: None,
         })
     }
 
     /// Sets what SIGHUP does.
     pub fn on_reload(&mut self, reload: Reload) {
         self.reload = Some(reload);
+    }
+
+    /// Federates the relay through this link (`--federate`); its socket
+    /// joins the loop once the link asks for a connection.
+    pub fn federate(&mut self, link: crate::federation::link::Link) {
+        self.federation = Some(Federation::new(link, NATS));
     }
 
     /// The group mode downlinks (none with group mode off).
@@ -200,6 +210,10 @@ impl Server {
                     Some(t) => t.min(self.recheck_at),
                     None => self.recheck_at,
                 };
+                let deadline = match self.federation.as_ref().and_then(|f| f.poll_timeout(now)) {
+                    Some(t) => t.min(deadline),
+                    None => deadline,
+                };
                 Some(
                     deadline
                         .saturating_duration_since(now)
@@ -226,11 +240,24 @@ impl Server {
                             reload(&mut self.relay, self.admin.as_mut(), &mut self.out);
                         }
                     }
+                    token if self.federation.as_ref().is_some_and(|f| f.owns(token)) => {
+                        if let Some(fed) = self.federation.as_mut() {
+                            fed.handle_event(self.poll.registry(), ev, Instant::now());
+                        }
+                    }
                     token => {
                         if let Some(admin) = self.admin.as_mut().filter(|a| a.owns(token)) {
                             admin.handle(self.poll.registry(), token);
                         }
                     }
+                }
+            }
+            if let Some(admin) = self.admin.as_mut().filter(|a| a.busy()) {
+                // What the admin channel shows of the federation, taken only
+                // when a command may want it.
+                if let Some(fed) = self.federation.as_ref() {
+                    let now = Instant::now();
+                    admin.set_federation(Some((fed.describe(now), fed.counters())));
                 }
             }
             if let Some(admin) = self.admin.as_mut() {
@@ -239,9 +266,28 @@ impl Server {
                 stop |= action == Action::Shutdown;
             }
             self.relay.handle_timeout(Instant::now(), &mut self.out);
+            match self.federation.as_mut() {
+                Some(fed) => fed.turn(
+                    self.poll.registry(),
+                    &mut self.relay,
+                    &mut self.out,
+                    Instant::now(),
+                ),
+                // Nobody else wants the relay's events: dropped each turn.
+                None => self.relay.drain_events().for_each(drop),
+            }
             self.send_all();
             if stop {
                 info!("shutting down");
+                if let Some(fed) = self.federation.as_mut() {
+                    let members: Vec<String> = self
+                        .relay
+                        .clients(Instant::now())
+                        .iter()
+                        .map(|c| c.id.to_string())
+                        .collect();
+                    fed.shutdown(self.poll.registry(), &mut self.relay, &members);
+                }
                 self.relay.shutdown(&mut self.out);
                 self.send_all();
                 let mut joiner = SocketJoiner {

@@ -52,6 +52,9 @@ pub struct Config {
     /// mode only if there is one). The shell sends each datagram for a
     /// downlink once per served interface.
     pub downlinks: Vec<SocketAddr>,
+    /// The relay is federated: relayed local messages also come out as
+    /// `Event::Relayed` (off: no body is copied for nothing).
+    pub federation: bool,
 }
 
 /// The default downlink: the default group 239.255.0.77 at the default
@@ -78,6 +81,7 @@ impl Default for Config {
             reject_global_rate: 1000,
             group_mode: true,
             downlinks: vec![DEFAULT_DOWNLINK],
+            federation: false,
         }
     }
 }

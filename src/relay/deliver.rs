@@ -55,6 +55,7 @@ impl Relay {
                 self.stats.messages_relayed += 1;
                 let n = self.broadcast(Some(slot), out)?;
                 self.stats.deliveries += n as u64;
+                self.relayed(slot, body);
             }
             TokenKind::Bye => self.remove(slot, LeaveReason::Bye),
             // KEEPALIVE: last_seen, and in v2 a member's KEY_REQUEST or

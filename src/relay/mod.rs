@@ -32,6 +32,7 @@
 //! - `named`: named clients (v2 §5): clients-file reloads, kicks by
 //!   name, the notice a client gets about its own session ending.
 //! - [`bans`]: addresses, hosts and names kept out by the operator.
+//! - `remote`: what members of other relays do (federation).
 //! - `clients`: the client table.
 //! - `transmit`: output framing and fragmenting.
 //! - [`drop`]: why an input was dropped, counted in one place.
@@ -50,6 +51,7 @@ pub mod drop;
 mod group;
 mod handshake;
 mod named;
+mod remote;
 mod seen;
 pub mod stats;
 #[cfg(test)]
@@ -81,6 +83,7 @@ use seen::SeenSessionKeys;
 use transmit::Emitter;
 
 pub use clients::{ClientId, ClientIdError, ClientInfo};
+pub use remote::RemoteInput;
 pub use transmit::Transmits;
 
 /// Timer wheel resolution.
@@ -108,6 +111,14 @@ pub enum Event {
         id: ClientId,
         /// Why.
         reason: LeaveReason,
+    },
+    /// A local member's message was relayed (only with `Config::federation`
+    /// on): the shell publishes it to the other relays.
+    Relayed {
+        /// The sender's id as its SENDER_ID reads.
+        sender: String,
+        /// The application bytes.
+        body: Vec<u8>,
     },
 }
 

@@ -49,6 +49,7 @@ mod handshake;
 mod leaving;
 mod members;
 mod one_answer;
+mod remote;
 mod replay;
 mod v2;
 

@@ -109,6 +109,8 @@ impl Sim {
                         c.rx_ok = false;
                     }
                 }
+                // The fuzzed relays are not federated.
+                Event::Relayed { .. } => panic!("Relayed without federation"),
             }
         }
         assert_eq!(
