@@ -1,7 +1,6 @@
 //! The client table: registered clients by slot and by address, their
 //! [`ClientId`], and the snapshot the admin channel shows.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{AddrParseError, IpAddr, SocketAddr};
@@ -135,19 +134,21 @@ pub(super) struct Client {
 impl Client {
     /// Seals `SEQ | fill` in this client's session and returns the token in
     /// the form its session asked for: raw bytes with RAW (v2 §4), base64
-    /// text otherwise. `buf` holds the raw token afterwards.
+    /// text otherwise. `buf` holds the raw token afterwards (followed by
+    /// its text form, for a text session): nothing is allocated per token.
     pub(super) fn seal<'b>(
         &mut self,
         unix_secs: u64,
         iv: [u8; 16],
         buf: &'b mut Vec<u8>,
         fill: impl FnOnce(&mut Vec<u8>),
-    ) -> Cow<'b, [u8]> {
+    ) -> &'b [u8] {
         self.session.seal_raw(unix_secs, iv, buf, fill);
         if self.caps & CAP_RAW != 0 {
-            Cow::Borrowed(buf.as_slice())
+            buf.as_slice()
         } else {
-            Cow::Owned(fernet::to_text(buf).into_bytes())
+            let at = fernet::append_text(buf, buf.len());
+            &buf[at..]
         }
     }
 

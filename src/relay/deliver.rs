@@ -141,7 +141,7 @@ impl Relay {
                 p.extend_from_slice(tail)
             });
             let bytes = emitter
-                .token(c.id.addr(), kind, &token, out, stats)
+                .token(c.id.addr(), kind, token, out, stats)
                 .map_err(|_| Drop::Oversize)?;
             c.msgs_out += 1;
             c.bytes_out += bytes as u64;

@@ -204,7 +204,7 @@ impl Relay {
                 put_group_key(p, epoch, key.as_bytes())
             });
             // A GROUP_KEY token is a few hundred bytes: it always frames.
-            if let Ok(n) = emitter.token(c.id.addr(), outer::DATA, &token, out, stats) {
+            if let Ok(n) = emitter.token(c.id.addr(), outer::DATA, token, out, stats) {
                 c.msgs_out += 1;
                 c.bytes_out += n as u64;
             }
@@ -353,7 +353,7 @@ impl Relay {
             let token = c.seal(unix.unix_secs(), rng.random(), sealed, |p| {
                 put_group_key(p, e, key.as_bytes())
             });
-            tlv::put(&mut d, outer::DATA, &token);
+            tlv::put(&mut d, outer::DATA, token);
         }
         let n = emitter
             .again(c.id.addr(), &d, out, stats)

@@ -434,7 +434,7 @@ impl Relay {
             }
         });
         c.welcome = Box::default();
-        match emitter.token(c.id.addr(), outer::WELCOME, &token, out, stats) {
+        match emitter.token(c.id.addr(), outer::WELCOME, token, out, stats) {
             Ok(n) => {
                 c.msgs_out += 1;
                 c.bytes_out += n as u64;

@@ -238,6 +238,19 @@ pub fn to_text(raw: &[u8]) -> String {
     B64.encode(raw)
 }
 
+/// Appends the text form of the raw token `buf[..raw_len]` to `buf` and
+/// returns where it starts: one reused buffer holds both, so a fan-out of
+/// text tokens allocates nothing once the buffer has grown.
+pub fn append_text(buf: &mut Vec<u8>, raw_len: usize) -> usize {
+    let text_len = base64::encoded_len(raw_len, true).unwrap_or(0);
+    buf.truncate(raw_len);
+    buf.resize(raw_len + text_len, 0);
+    let (raw, text) = buf.split_at_mut(raw_len);
+    let n = B64.encode_slice(raw, text).unwrap_or(0);
+    buf.truncate(raw_len + n);
+    raw_len
+}
+
 /// The timestamp a raw or text token carries, unauthenticated (for
 /// diagnostics and tests; nothing decides on it).
 pub fn timestamp(token: &[u8]) -> Option<u64> {
@@ -435,6 +448,9 @@ mod tests {
             let bad = flip(&raw, &mut rng);
             assert!(ours.open(&bad).is_err(), "round {round}: raw tamper");
             let bad_text = to_text(&bad);
+            let mut both = bad.clone();
+            let at = append_text(&mut both, bad.len());
+            assert_eq!(&both[at..], bad_text.as_bytes());
             assert!(ours.open(bad_text.as_bytes()).is_err());
             assert!(theirs.decrypt_at_time(&bad_text, None, ORACLE_NOW).is_err());
             // Cut short at any length: refused by both.
