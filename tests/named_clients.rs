@@ -142,6 +142,11 @@ fn three_named_clients_with_their_permissions_and_a_revocation() {
         reason: Some(LeaveReason::Revoked),
     };
     expect_event(&mut person, "its own revocation", |e| *e == revoked(&p_id));
+    // It stops by itself instead of handshaking again to be refused.
+    match person.recv(DEADLINE) {
+        Err(ConnectError::Revoked) => {}
+        other => panic!("after its revocation: {other:?}"),
+    }
     expect_event(&mut dash, "the person revoked", |e| *e == revoked(&p_id));
     let heard = drain(&mut sensor, quiet());
     assert!(heard.is_empty(), "nothing about others for pub: {heard:?}");
@@ -201,6 +206,19 @@ fn chat_listen_and_the_python_client_present_named_tokens_and_print_names() {
     chat.type_line(b"hi from chat\n");
     listen.expect_line("[person] hi from chat");
     py.expect_line("[person] hi from chat");
+
+    // The dashboard is revoked: `listen` says so and exits by itself.
+    write_clients(
+        &file,
+        &[("sensor", SENSOR, "pub"), ("person", PERSON, "pubsub")],
+    );
+    signal(&server, SIGHUP);
+    let (status, stderr) = listen.wait_with_stderr();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("revoked this client's credential"),
+        "{stderr}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 

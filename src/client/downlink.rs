@@ -134,9 +134,17 @@ impl ClientCore {
         } else if let Some(id) = m.peer_joined {
             events.push(ClientEvent::PeerJoined(text(id)));
         } else if let Some(id) = m.peer_left {
+            let reason = m.reason.and_then(LeaveReason::from_u8);
+            // Our own revocation: the relay forgot us and will refuse our
+            // credential, so the session is over rather than lost.
+            if reason == Some(LeaveReason::Revoked) && self.id().map(str::as_bytes) == Some(id) {
+                self.state = State::Idle;
+                self.group = None;
+                self.revoked = true;
+            }
             events.push(ClientEvent::PeerLeft {
                 id: text(id),
-                reason: m.reason.and_then(LeaveReason::from_u8),
+                reason,
             });
         } else if m.server_closing {
             self.state = State::Idle;

@@ -287,6 +287,10 @@ pub struct ClientCore {
     /// Fernet timestamps; advanced by the `now` of each datagram handled.
     clock: UnixClock,
     seen: Seen,
+    /// The server revoked our credential and ended the session (our own
+    /// PEER_LEFT, reason 5, under the session key): handshaking again
+    /// with the same credential can only be refused.
+    revoked: bool,
     /// Datagrams dropped as malformed, unauthentic or replayed.
     pub dropped: u64,
 }
@@ -313,6 +317,7 @@ impl ClientCore {
             rng,
             clock: UnixClock::new(now, unix_secs),
             seen: Seen::default(),
+            revoked: false,
             dropped: 0,
         }
     }
@@ -364,6 +369,7 @@ impl ClientCore {
         self.state = State::Connecting(Attempt::new());
         self.group = None;
         self.group_off = false;
+        self.revoked = false;
         hello_datagram()
     }
 
@@ -415,6 +421,13 @@ impl ClientCore {
     /// compares two readings to learn whether the server spoke meanwhile.
     pub fn authentic(&self) -> u64 {
         self.seen.authentic
+    }
+
+    /// True once the server told us, under our session key, that it ended
+    /// the session because our credential was revoked. The session is
+    /// over; a new handshake with the same credential would be refused.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked
     }
 
     /// SERVER_KEYs ignored because their fingerprint was not the pinned one.

@@ -247,6 +247,7 @@ pub fn connect_error(e: &ConnectError, describe: &str, timeout: Duration) -> Str
             timeout.as_secs_f64()
         ),
         ConnectError::Rejected(r) => format!("{describe} refused the session: {}", reject_text(*r)),
+        ConnectError::Revoked => format!("{describe} revoked this client's credential"),
         ConnectError::Pin(ClientError::PinMismatch { expected, got }) => format!(
             "server key fingerprint {got} does not match the pinned {expected}; refusing to talk to it"
         ),

@@ -174,6 +174,9 @@ pub enum ConnectError {
     Pin(ClientError),
     /// The server refused the session (two handshakes in a row).
     Rejected(RejectReason),
+    /// The server ended the session because our credential was revoked
+    /// (our own PEER_LEFT, reason 5): trying again would only be refused.
+    Revoked,
     /// No answer in time.
     Timeout,
 }
@@ -184,6 +187,7 @@ impl fmt::Display for ConnectError {
             ConnectError::Io(e) => write!(f, "socket error: {e}"),
             ConnectError::Pin(e) => write!(f, "{e}"),
             ConnectError::Rejected(r) => write!(f, "server refused the session: {r:?}"),
+            ConnectError::Revoked => write!(f, "server revoked this client's credential"),
             ConnectError::Timeout => write!(f, "no answer from the server"),
         }
     }
@@ -622,6 +626,11 @@ impl UdpClient {
             let next_timer = self.run_timers(now)?;
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
+            }
+            // After the revocation notice itself has been read.
+            if self.core.is_revoked() {
+                self.recovery = None;
+                return Err(ConnectError::Revoked);
             }
             if now >= deadline {
                 return Ok(None);
