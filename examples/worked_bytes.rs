@@ -22,7 +22,7 @@ use fernet::Fernet;
 use hmac::{Hmac, KeyInit, Mac};
 use mcrelay::fernet::FernetKey;
 use mcrelay::wire::fragment;
-use mcrelay::wire::tlv::{self, Reader};
+use mcrelay::wire::tlv;
 use mcrelay::wire::{self, inner, outer, LeaveReason, RejectReason};
 use mcrelay::Config;
 use mcrelay::ServerKey;
@@ -35,6 +35,10 @@ const ALICE: ([u8; 4], u16) = ([192, 0, 2, 10], 40000);
 
 /// The wall clock the cores are started with: 2023-11-14T22:13:20Z.
 const UNIX: u64 = 1_700_000_000;
+
+#[path = "support/print.rs"]
+mod print;
+use print::{dump, only, outline, section};
 
 fn main() {
     let alice = SocketAddr::from(ALICE);
@@ -163,29 +167,6 @@ fn handshake(mut client: ClientCore, addr: SocketAddr) -> ClientCore {
 }
 
 /// The single datagram in a batch.
-fn only(tx: &Transmits) -> Vec<u8> {
-    assert_eq!(tx.len(), 1, "expected exactly one datagram");
-    tx.iter()
-        .next()
-        .map(|(_, d)| d.to_vec())
-        .unwrap_or_default()
-}
-
-/// One line per outer TLV: type, length and the first bytes of the value.
-fn outline(datagram: &[u8]) {
-    for t in Reader::new(datagram) {
-        let t = t.expect("well-formed");
-        let head = &t.value[..t.value.len().min(8)];
-        println!(
-            "  type 0x{:04x} length {:>4}  value starts {}{}",
-            t.kind,
-            t.value.len(),
-            spaced(head),
-            if t.value.len() > 8 { " ..." } else { "" }
-        );
-    }
-}
-
 fn fernet_token(plain: &[u8]) {
     // Fixed key: bytes 0x00..=0x1f. First half signs, second half encrypts.
     let raw_key: Vec<u8> = (0u8..32).collect();
@@ -238,35 +219,6 @@ fn fernet_token(plain: &[u8]) {
         token.len() & 0xff,
         token.len()
     );
-}
-
-fn section(title: &str) {
-    println!("\n== {title}");
-}
-
-/// Hex dump, 16 bytes a line, with offsets and printable ASCII.
-fn dump(bytes: &[u8]) {
-    for (i, line) in bytes.chunks(16).enumerate() {
-        let ascii: String = line
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() {
-                    char::from(b)
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        println!("  {:04x}  {:<47}  |{ascii}|", i * 16, spaced(line));
-    }
-}
-
-fn spaced(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -34,6 +34,10 @@ const ALICE: ([u8; 4], u16) = ([192, 0, 2, 10], 40000);
 /// The wall clock the relay is started with: 2023-11-14T22:13:20Z.
 const UNIX: u64 = 1_700_000_000;
 
+#[path = "support/print.rs"]
+mod print;
+use print::{dump, only, outline, section};
+
 fn main() {
     let alice = SocketAddr::from(ALICE);
     let now = Instant::now();
@@ -185,14 +189,6 @@ fn main() {
 }
 
 /// The single datagram in a batch.
-fn only(tx: &Transmits) -> Vec<u8> {
-    assert_eq!(tx.len(), 1, "expected exactly one datagram");
-    tx.iter()
-        .next()
-        .map(|(_, d)| d.to_vec())
-        .unwrap_or_default()
-}
-
 /// The value of the first TLV of `kind`.
 fn value_of(d: &[u8], kind: u16) -> Vec<u8> {
     Reader::new(d)
@@ -200,48 +196,4 @@ fn value_of(d: &[u8], kind: u16) -> Vec<u8> {
         .find(|t| t.kind == kind)
         .map(|t| t.value.to_vec())
         .unwrap_or_else(|| panic!("no TLV of type {kind:#06x}"))
-}
-
-/// One line per outer TLV: type, length and the first bytes of the value.
-fn outline(datagram: &[u8]) {
-    for t in Reader::new(datagram) {
-        let t = t.expect("well-formed");
-        let head = &t.value[..t.value.len().min(8)];
-        println!(
-            "  type 0x{:04x} length {:>4}  value starts {}{}",
-            t.kind,
-            t.value.len(),
-            spaced(head),
-            if t.value.len() > 8 { " ..." } else { "" }
-        );
-    }
-}
-
-fn section(title: &str) {
-    println!("\n== {title}");
-}
-
-/// Hex dump, 16 bytes a line, with offsets and printable ASCII.
-fn dump(bytes: &[u8]) {
-    for (i, line) in bytes.chunks(16).enumerate() {
-        let ascii: String = line
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() {
-                    char::from(b)
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        println!("  {:04x}  {:<47}  |{ascii}|", i * 16, spaced(line));
-    }
-}
-
-fn spaced(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
