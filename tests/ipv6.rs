@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use cli::*;
+use common::netns::{admin_in, command, if_index, link_local, Hosts};
 use common::*;
 use mcrelay::{ClientEvent, ClientOptions, Target, UdpClient, MAX_BODY_LEN};
 
@@ -221,101 +222,8 @@ fn an_interface_that_does_not_exist_is_a_one_line_error() {
 /// usable at once): the relay's host (`v0`) and a client host (`v1`).
 /// Loopback is no help here: Linux does not deliver IPv6 multicast sent
 /// on `lo` even with its multicast flag set.
-struct Link {
-    relay: String,
-    client: String,
-}
-
-impl Link {
-    fn create() -> Link {
-        let relay = format!("mcrelay-v6r{}", std::process::id());
-        let client = format!("mcrelay-v6c{}", std::process::id());
-        sh(&["ip", "netns", "add", &relay]);
-        let link = Link { relay, client };
-        sh(&["ip", "netns", "add", &link.client]);
-        for ns in [&link.relay, &link.client] {
-            link.exec(ns, "sysctl -qw net.ipv6.conf.default.accept_dad=0");
-            link.exec(ns, "ip link set lo up");
-        }
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "v0",
-            "netns",
-            &link.relay,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "v1",
-            "netns",
-            &link.client,
-        ]);
-        link.exec(&link.relay, "ip link set v0 up");
-        link.exec(&link.client, "ip link set v1 up");
-        link
-    }
-
-    /// Runs `cmd` (split at spaces) in namespace `ns`; it must succeed.
-    fn exec(&self, ns: &str, cmd: &str) -> String {
-        let mut argv = vec!["ip", "netns", "exec", ns];
-        argv.extend(cmd.split(' '));
-        sh(&argv)
-    }
-
-    /// `program` run inside namespace `ns`.
-    fn command(ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
-        c
-    }
-
-    /// The index of interface `name` in namespace `ns`.
-    fn index(&self, ns: &str, name: &str) -> u32 {
-        self.exec(ns, &format!("cat /sys/class/net/{name}/ifindex"))
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    /// The link-local address of `name` in `ns`, once it has one.
-    fn link_local(&self, ns: &str, name: &str) -> String {
-        let end = std::time::Instant::now() + DEADLINE;
-        loop {
-            let out = self.exec(ns, &format!("ip -6 -o addr show dev {name} scope link"));
-            if let Some(a) = out.split_whitespace().find(|w| w.starts_with("fe80:")) {
-                return a.split('/').next().unwrap().to_string();
-            }
-            assert!(
-                std::time::Instant::now() < end,
-                "no link-local address on {name}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        for ns in [&self.relay, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Runs `argv`; it must succeed (the namespaces need root). Returns stdout.
-fn sh(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .expect("iproute2 (ip) is needed for this test");
-    assert!(
-        out.status.success(),
-        "{argv:?} failed (this test needs root for network namespaces): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn link() -> Hosts {
+    Hosts::create("v6", "v0", "v1", &["net.ipv6.conf.default.accept_dad=0"])
 }
 
 /// The relay serves `ff02::77` on `v0`; on the other host, `mcrelay listen`
@@ -325,26 +233,26 @@ fn sh(argv: &[&str]) -> String {
 /// link-local ids scoped with the relay's interface index.
 #[test]
 fn ipv6_multicast_clients_reach_the_relay_through_a_link_local_group() {
-    let link = Link::create();
-    let mut cmd = Link::command(&link.relay, bin());
+    let link = link();
+    let mut cmd = command(&link.relay, bin());
     cmd.args(["serve", "--port", "0", "--admin-port", "0"])
         .args(["--group", "ff02::77", "--iface", "v0"]);
     let mut server = Server::spawn(cmd);
     server.wait_log("member of ff02::77 on v0", DEADLINE);
     let port = server.port.to_string();
-    let scope = link.index(&link.relay, "v0");
-    let v1 = link.index(&link.client, "v1").to_string();
-    let v1_addr = link.link_local(&link.client, "v1");
+    let scope = if_index(&link.relay, "v0");
+    let v1 = if_index(&link.peer, "v1").to_string();
+    let v1_addr = link_local(&link.peer, "v1");
     let id_prefix = format!("[{v1_addr}%{scope}]:");
     let group = ["--group", "ff02::77", "--port", &port];
 
-    let mut cmd = Link::command(&link.client, bin());
+    let mut cmd = command(&link.peer, bin());
     cmd.arg("listen").args(group).args(["--iface", "v1"]);
     let mut rust = Cli::spawn(cmd);
     let rust_id = rust.connected_id();
     assert!(rust_id.starts_with(&id_prefix), "{rust_id} vs {id_prefix}");
 
-    let mut cmd = Link::command(&link.client, "python3");
+    let mut cmd = command(&link.peer, "python3");
     cmd.env(
         "PYTHONPATH",
         concat!(env!("CARGO_MANIFEST_DIR"), "/interop/python"),
@@ -360,7 +268,7 @@ fn ipv6_multicast_clients_reach_the_relay_through_a_link_local_group() {
     // `mcrelay send` by interface index, with the largest body: its
     // relayed copy carries a link-local id, longer than any IPv4 one, and
     // still fits the text token the Python listener gets.
-    let mut child = Link::command(&link.client, bin())
+    let mut child = command(&link.peer, bin())
         .args(["send", "--ttl", "1", "--iface", &v1])
         .args(group)
         .stdin(Stdio::piped())
@@ -386,7 +294,7 @@ fn ipv6_multicast_clients_reach_the_relay_through_a_link_local_group() {
     py.expect_line(&format!("[{sender}] {largest}"));
 
     // The Python client's one-shot send, by the interface's address.
-    let out = Link::command(&link.client, "python3")
+    let out = command(&link.peer, "python3")
         .env(
             "PYTHONPATH",
             concat!(env!("CARGO_MANIFEST_DIR"), "/interop/python"),
@@ -415,30 +323,4 @@ fn ipv6_multicast_clients_reach_the_relay_through_a_link_local_group() {
         "{clients:?}"
     );
     assert!(clients.iter().any(|l| l.starts_with(py_id)), "{clients:?}");
-}
-
-/// One admin command run from inside namespace `ns`; the reply's lines.
-fn admin_in(ns: &str, port: u16, command: &str) -> Vec<String> {
-    const SCRIPT: &str = r#"
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
-s.sendall(sys.argv[2].encode() + b"\n")
-out = b""
-while not out.endswith(b"\nOK\n") and b"ERR" not in out:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    out += chunk
-sys.stdout.write(out.decode())
-"#;
-    let out = Link::command(ns, "python3")
-        .args(["-c", SCRIPT, &port.to_string(), command])
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1) // the greeting
-        .filter(|l| !is_log_line(l) && *l != "OK")
-        .map(str::to_string)
-        .collect()
 }

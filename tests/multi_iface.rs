@@ -6,79 +6,27 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
+use common::netns::{admin_in, command, exec, Hosts};
 use common::*;
 
-/// Two network namespaces joined by a veth pair: the relay's host (`lo`
-/// plus v0 = 192.0.2.1) and a guest host (v1 = 192.0.2.2). Separate
-/// namespaces, because Linux drops a datagram whose source is one of the
-/// receiving host's own addresses.
-struct Hosts {
-    relay: String,
-    guest: String,
-}
-
-impl Hosts {
-    /// `tag` keeps the namespaces of tests running in parallel apart.
-    fn create(tag: &str) -> Hosts {
-        let relay = format!("mcrelay-{tag}r{}", std::process::id());
-        let guest = format!("mcrelay-{tag}g{}", std::process::id());
-        run(&["ip", "netns", "add", &relay]);
-        let hosts = Hosts { relay, guest };
-        run(&["ip", "netns", "add", &hosts.guest]);
-        run(&[
-            "ip",
-            "link",
-            "add",
-            "v0",
-            "netns",
-            &hosts.relay,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "v1",
-            "netns",
-            &hosts.guest,
-        ]);
-        for (ns, cmd) in [
-            (&hosts.relay, "ip link set lo up"),
-            (&hosts.relay, "ip addr add 192.0.2.1/24 dev v0"),
-            (&hosts.relay, "ip link set v0 up"),
-            (&hosts.guest, "ip link set lo up"),
-            (&hosts.guest, "ip addr add 192.0.2.2/24 dev v1"),
-            (&hosts.guest, "ip link set v1 up"),
-        ] {
-            let mut argv = vec!["ip", "netns", "exec", ns.as_str()];
-            argv.extend(cmd.split(' '));
-            run(&argv);
-        }
-        hosts
-    }
-
-    /// `program` run inside namespace `ns`.
-    fn command(ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
-        c
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for ns in [&self.relay, &self.guest] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
+/// The relay's host (`lo` plus v0 = 192.0.2.1) and a guest host (v1 =
+/// 192.0.2.2), in namespaces of their own joined by a veth pair. `sysctls`
+/// as for [`Hosts::create`].
+fn hosts(tag: &str, sysctls: &[&str]) -> Hosts {
+    let hosts = Hosts::create(tag, "v0", "v1", sysctls);
+    exec(&hosts.relay, "ip addr add 192.0.2.1/24 dev v0");
+    exec(&hosts.peer, "ip addr add 192.0.2.2/24 dev v1");
+    hosts
 }
 
 /// `mcrelay listen` in namespace `ns`, reaching the relay through the group
 /// on loopback (TTL 0); its stdout lines arrive on the channel.
 fn listen_on_loopback(ns: &str, group: &[&str]) -> (Child, Receiver<String>) {
-    let mut child = Hosts::command(ns, bin())
+    let mut child = command(ns, bin())
         .arg("listen")
         .args(group)
         .args(["--iface", "127.0.0.1", "--ttl", "0"])
@@ -90,21 +38,10 @@ fn listen_on_loopback(ns: &str, group: &[&str]) -> (Child, Receiver<String>) {
     (child, lines)
 }
 
-fn run(argv: &[&str]) {
-    let st = Command::new(argv[0])
-        .args(&argv[1..])
-        .status()
-        .expect("iproute2 (ip) is needed for this test");
-    assert!(
-        st.success(),
-        "{argv:?} failed (this test needs root for network namespaces)"
-    );
-}
-
 #[test]
 fn one_relay_serves_two_networks_joined_with_two_ifaces() {
-    let hosts = Hosts::create("two");
-    let mut cmd = Hosts::command(&hosts.relay, bin());
+    let hosts = hosts("two", &[]);
+    let mut cmd = command(&hosts.relay, bin());
     cmd.args([
         "serve",
         "--port",
@@ -131,7 +68,7 @@ fn one_relay_serves_two_networks_joined_with_two_ifaces() {
     server.wait_log("joined", DEADLINE);
 
     // The sender is a guest host: its multicast leaves v1 and arrives on v0.
-    let st = Hosts::command(&hosts.guest, bin())
+    let st = command(&hosts.peer, bin())
         .arg("send")
         .args(group)
         .args([
@@ -175,20 +112,9 @@ fn one_relay_serves_two_networks_joined_with_two_ifaces() {
 /// and nothing can leave the host.
 #[test]
 fn serve_with_no_flags_relays_on_the_defaults() {
-    let hosts = Hosts::create("def");
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &hosts.relay,
-        "ip",
-        "route",
-        "add",
-        "224.0.0.0/4",
-        "dev",
-        "lo",
-    ]);
-    let mut cmd = Hosts::command(&hosts.relay, bin());
+    let hosts = hosts("def", &[]);
+    exec(&hosts.relay, "ip route add 224.0.0.0/4 dev lo");
+    let mut cmd = command(&hosts.relay, bin());
     cmd.arg("serve");
     let mut server = Server::spawn(cmd);
     assert_eq!(server.port, 5007);
@@ -203,7 +129,7 @@ fn serve_with_no_flags_relays_on_the_defaults() {
 
     let (mut listener, lines) = listen_on_loopback(&hosts.relay, &["--group", "239.255.0.77"]);
     server.wait_log("joined", DEADLINE);
-    let st = Hosts::command(&hosts.relay, bin())
+    let st = command(&hosts.relay, bin())
         .args(["send", "defaults work"])
         .status()
         .unwrap();
@@ -250,37 +176,10 @@ for _ in range(tries):
     sys.exit(0 if data[:2] == b"\x00\x02" else 2)
 sys.exit(1)
 "#;
-    Hosts::command(ns, "python3")
+    command(ns, "python3")
         .args(["-c", SCRIPT, group, &port.to_string(), ifname, v4_src, "10"])
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// One admin command run from inside namespace `ns` (the admin channel
-/// listens on that namespace's loopback); returns the reply's lines.
-fn admin_in(ns: &str, port: u16, command: &str) -> Vec<String> {
-    const SCRIPT: &str = r#"
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
-s.sendall(sys.argv[2].encode() + b"\n")
-out = b""
-while not out.endswith(b"\nOK\n") and b"ERR" not in out:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    out += chunk
-sys.stdout.write(out.decode())
-"#;
-    let out = Hosts::command(ns, "python3")
-        .args(["-c", SCRIPT, &port.to_string(), command])
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1) // the greeting
-        .filter(|l| !is_log_line(l) && *l != "OK")
-        .map(str::to_string)
-        .collect()
 }
 
 /// How many log lines contain `needle`.
@@ -312,20 +211,9 @@ fn wait_count(server: &Server, needle: &str, n: usize) -> std::time::Duration {
 /// interface is deleted, and rejoins by itself when it is created again.
 #[test]
 fn an_interface_that_comes_late_and_comes_back_is_joined_each_time() {
-    let hosts = Hosts::create("late");
     // Link-local addresses usable at once (no duplicate address detection).
-    for ns in [&hosts.relay, &hosts.guest] {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.default.accept_dad=0",
-        ]);
-    }
-    let mut cmd = Hosts::command(&hosts.relay, bin());
+    let hosts = hosts("late", &["net.ipv6.conf.default.accept_dad=0"]);
+    let mut cmd = command(&hosts.relay, bin());
     cmd.args([
         "serve",
         "--port",
@@ -366,12 +254,12 @@ fn an_interface_that_comes_late_and_comes_back_is_joined_each_time() {
             created.elapsed()
         );
         assert!(
-            hello_answered(&hosts.guest, "239.255.0.77", port, "g7", "198.51.100.2"),
+            hello_answered(&hosts.peer, "239.255.0.77", port, "g7", "198.51.100.2"),
             "round {round}: IPv4 HELLO through lan7 unanswered\n{}",
             server.log_text()
         );
         assert!(
-            hello_answered(&hosts.guest, "ff02::77", port, "g7", ""),
+            hello_answered(&hosts.peer, "ff02::77", port, "g7", ""),
             "round {round}: IPv6 HELLO through lan7 unanswered\n{}",
             server.log_text()
         );
@@ -382,16 +270,7 @@ fn an_interface_that_comes_late_and_comes_back_is_joined_each_time() {
             "{lines:?}"
         );
         // The VLAN is deleted (the pair goes with it).
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &hosts.relay,
-            "ip",
-            "link",
-            "del",
-            "lan7",
-        ]);
+        exec(&hosts.relay, "ip link del lan7");
         wait_count(&server, "no longer member of 239.255.0.77 on lan7", round);
         wait_count(&server, "no longer member of ff02::77 on lan7", round);
     }
@@ -406,38 +285,16 @@ fn an_interface_that_comes_late_and_comes_back_is_joined_each_time() {
 /// Creates the pair lan7 (relay side, 198.51.100.1) — g7 (guest side,
 /// 198.51.100.2), both up.
 fn create_lan7(hosts: &Hosts) {
-    run(&[
-        "ip",
-        "link",
-        "add",
-        "lan7",
-        "netns",
-        &hosts.relay,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "g7",
-        "netns",
-        &hosts.guest,
-    ]);
-    for (ns, cmd) in [
-        (&hosts.relay, "ip addr add 198.51.100.1/24 dev lan7"),
-        (&hosts.relay, "ip link set lan7 up"),
-        (&hosts.guest, "ip addr add 198.51.100.2/24 dev g7"),
-        (&hosts.guest, "ip link set g7 up"),
-    ] {
-        let mut argv = vec!["ip", "netns", "exec", ns.as_str()];
-        argv.extend(cmd.split(' '));
-        run(&argv);
-    }
+    hosts.veth("lan7", "g7");
+    exec(&hosts.relay, "ip addr add 198.51.100.1/24 dev lan7");
+    exec(&hosts.peer, "ip addr add 198.51.100.2/24 dev g7");
 }
 
 /// `mcrelay send` from the guest through lan7 reaches a listener on the
 /// relay's host (polls until the line shows up).
 fn guest_message_arrives(hosts: &Hosts, port: u16, lines: &Receiver<String>, text: &str) -> bool {
     let port = port.to_string();
-    let st = Hosts::command(&hosts.guest, bin())
+    let st = command(&hosts.peer, bin())
         .args(["send", "--group", "239.255.0.77", "--port", &port])
         .args(["--iface", "198.51.100.2", "--ttl", "1", text])
         .status()
@@ -461,20 +318,9 @@ fn guest_message_arrives(hosts: &Hosts, port: u16, lines: &Receiver<String>, tex
 /// link relays again.
 #[test]
 fn an_interface_set_down_and_up_is_rejoined_and_relays_again() {
-    let hosts = Hosts::create("flap");
-    for ns in [&hosts.relay, &hosts.guest] {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.default.accept_dad=0",
-        ]);
-    }
+    let hosts = hosts("flap", &["net.ipv6.conf.default.accept_dad=0"]);
     create_lan7(&hosts);
-    let mut cmd = Hosts::command(&hosts.relay, bin());
+    let mut cmd = command(&hosts.relay, bin());
     cmd.args(["serve", "--port", "0", "--admin-port", "0"]);
     cmd.args(["--iface", "127.0.0.1", "--iface", "lan7"]);
     let server = Server::spawn(cmd);
@@ -492,11 +338,7 @@ fn an_interface_set_down_and_up_is_rejoined_and_relays_again() {
         "{}",
         server.log_text()
     );
-    let relay_ip = |args: &str| {
-        let mut argv = vec!["ip", "netns", "exec", hosts.relay.as_str()];
-        argv.extend(args.split(' '));
-        run(&argv);
-    };
+    let relay_ip = |args: &str| exec(&hosts.relay, args);
     relay_ip("ip link set lan7 down");
     wait_count(&server, "no longer member of 239.255.0.77 on lan7", 1);
     let up = Instant::now();
