@@ -30,10 +30,13 @@ CONNECTION (unicast unless --group is given):
                           an IPv6 link-local group such as ff02::77 needs one]
     --ttl N               multicast TTL, or hop limit for IPv6 (with --group), 0..=255;
                           0 keeps it on this host [default: 1]
-    --no-group            do not ask a v2 relay for group mode (one signed multicast copy of
-                          each message for all members); have every message sent to this
-                          client alone [default: ask; a client that hears nothing on the
-                          group downlink falls back by itself]
+    --group-mode          ask a v2 relay for group mode: one signed multicast copy of each
+                          message, on the relay's downlink, for all members [default: with
+                          --group; a client that hears nothing on the downlink falls back
+                          to per-recipient delivery by itself]
+    --no-group-mode       do not ask for group mode: every message is sent to this client
+                          alone [default: with --server, as a client behind a NAT cannot
+                          hear the downlink]
 
 SECURITY:
     --pin SHA256          ignore answers whose key has another fingerprint, waiting for
@@ -117,8 +120,18 @@ pub fn parse(args: &mut pico_args::Arguments, keepalive: bool) -> Result<ClientA
         }
     };
 
+    // Through the group the client is on the relay's link and can hear the
+    // downlink; by unicast it may be anywhere, behind a NAT.
+    let by_group = matches!(target, Target::Multicast { .. });
+    let (ask, refuse) = (
+        args.contains("--group-mode"),
+        args.contains("--no-group-mode"),
+    );
+    if ask && refuse {
+        return Err("--group-mode and --no-group-mode exclude each other".into());
+    }
     let mut opts = ClientOptions {
-        group: !args.contains("--no-group"),
+        group: ask || (by_group && !refuse),
         ..ClientOptions::default()
     };
     if let Some(pin) = opt::<String>(args, "--pin")? {
