@@ -153,8 +153,12 @@ fn python_and_rust_group_members_relay_both_ways_through_signed_group_data() {
             l == format!("[{sender}] {msg}")
         });
     }
+    // Rust's leave rekeys the group: its PEER_LEFT goes out under a fresh
+    // key that reached Python in its own session.
+    let rekeys = server.admin().stat("rekeys");
     rust.bye().unwrap();
     py.expect_line(&format!("* {rust_id} left (bye)"));
+    assert!(server.admin().stat("rekeys") > rekeys);
 
     let stats = py_downlink_stats(&mut py);
     // Rust's two messages, the sender's joins, messages and leaves, Rust's leave.
@@ -216,7 +220,7 @@ fn a_python_client_forced_to_v1_shares_the_group_with_python_and_rust_members() 
             py.expect_line(&format!("[{sender}] {msg}"));
         }
     }
-    // The v1 listener leaves: a rekey, and the members go on under it.
+    // The v1 listener leaves (it never held the group key); the rest go on.
     v1.signal(SIGTERM);
     assert!(v1.wait().success());
     expect_event(
@@ -229,6 +233,54 @@ fn a_python_client_forced_to_v1_shares_the_group_with_python_and_rust_members() 
     plain.expect_line(&format!("[{rust_id}] after a leave"));
     let stats = py_downlink_stats(&mut member);
     assert!(stat(&stats, "opened") >= 4, "{stats:?}");
+}
+
+/// A Python member whose downlink hears nothing (its join is pointed at a
+/// group the relay never sends to) probes, gives group mode up by itself
+/// and is served per recipient from then on, without losing its session.
+#[test]
+fn a_python_member_that_hears_nothing_on_the_downlink_falls_back_per_recipient() {
+    const SCRIPT: &str = r#"
+import sys, time
+from mcrelay_client import Client, client, events
+join = client._join_downlink
+# A group nobody sends to: multicast "does not reach" this member.
+client._join_downlink = lambda host, port, v4, index: join("239.255.0.99", port, v4, index)
+c = Client(server=("127.0.0.1", int(sys.argv[1])), group_mode=True, timeout=10)
+c.connect()
+print("mode", c.mode, c.client_id, flush=True)
+end = time.monotonic() + 30
+reported = False
+while time.monotonic() < end:
+    ev = c.recv(0.2)
+    if isinstance(ev, events.DownlinkSilent):
+        print("silent", ev.addr, flush=True)
+    elif isinstance(ev, events.Message):
+        print(f"[{ev.sender}] {ev.body.decode()}", flush=True)
+        break
+    if c.mode == "v2" and not c.rehandshaking and not reported:
+        print("mode v2", c.client_id, flush=True)
+        reported = True
+print("stats", c.downlink_stats["probes"], c.mode, flush=True)
+"#;
+    let server = Server::start(&[]);
+    let mut rust = server.client();
+    let rust_id = rust.id().unwrap().to_string();
+    let mut cmd = python();
+    cmd.args(["-c", SCRIPT, &server.port.to_string()]);
+    let mut py = Cli::spawn(cmd);
+    let line = py.expect("the group mode line", |l| l.starts_with("mode "));
+    let py_id = line.rsplit(' ').next().unwrap().to_string();
+    assert!(line.starts_with("mode group "), "{line}");
+    let silent = py.expect("the fallback", |l| l.starts_with("silent "));
+    assert!(silent.starts_with("silent 239.255.0.77:"), "{silent}");
+    // Printed once the handshake without GROUP was welcomed.
+    py.expect("per recipient", |l| l == format!("mode v2 {py_id}"));
+    // Same session, same id, now served one DATA at a time.
+    assert_eq!(admin_mode(&server, &py_id), "v2");
+    rust.send(b"per recipient now").unwrap();
+    py.expect_line(&format!("[{rust_id}] per recipient now"));
+    py.expect_line("stats 3 v2");
 }
 
 /// The bound handshake with a 4096-bit relay key: a 512-byte SESSION_KEY2
