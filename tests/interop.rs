@@ -111,6 +111,14 @@ fn python_client_handshakes_through_the_multicast_group_with_a_pin_and_token() {
     expect_event(&mut rust, "python join", |e| {
         matches!(e, mcrelay::ClientEvent::PeerJoined(_))
     });
+    // Through the group it asks for group mode: what the relay multicasts
+    // before the listener joined the downlink (its WELCOME may still be on
+    // the way when the join notice arrives here) never reaches it.
+    let end = Instant::now() + DEADLINE;
+    while !py.stderr_text().contains("group mode (downlink ") {
+        assert!(Instant::now() < end, "{}", py.stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     rust.send(b"pinned").unwrap();
     py.expect("the pinned message", |l| l.ends_with("] pinned"));
 

@@ -3,14 +3,21 @@
 ``--server`` takes an IPv6 address in brackets (``[::1]:5007``); ``--group``
 an IPv4 or IPv6 group, with ``--iface`` (for IPv6 a name, an index or an
 address) and ``--ttl`` (TTL or hop limit, 0 by default: this host only).
+Protocol v2 is spoken to a relay that offers it (``--v1`` forces v1); group
+mode is asked for with ``--group`` and not by unicast, unless
+``--group-mode`` or ``--no-group-mode`` (alias ``--no-group``) says otherwise.
 
 ``listen`` prints one line per event and flushes after each:
 ``[id] text``, ``* id joined``, ``* id left (reason)``, ``* server closing``,
 ``* session lost (REASON); reconnecting`` and ``* reconnected as ID`` (a
 REJECT, which anyone can forge, only makes it handshake again while the
-session keeps working). It sends KEEPALIVE periodically, says BYE on
-Ctrl-C/SIGTERM and exits 0 after ``* server closing``; it exits 1 when a new
-handshake is refused. ``send`` connects, sends MESSAGE, says BYE and
+session keeps working), ``* not allowed to publish`` (REJECT 5) and
+``* no group datagrams on ADDR; served per recipient``. On stderr it says
+``connected as ID, protocol vN, MODE, server key FP`` (MODE: ``group mode
+(downlink ADDR)``, ``per recipient``) and, on leaving, the downlink's
+counters. It sends KEEPALIVE periodically, says BYE on Ctrl-C/SIGTERM and
+exits 0 after ``* server closing``; it exits 1 when a new handshake is
+refused or the relay revoked its credential. ``send`` connects, sends MESSAGE, says BYE and
 exits 0. Errors print one line to stderr and exit 1.
 """
 
@@ -49,7 +56,7 @@ def _client(args) -> Client:
             token = f.read().rstrip(b"\r\n")
     return Client(server=args.server, group=args.group, iface=args.iface, token=token,
                   pin=args.pin, max_datagram=args.max_datagram, timeout=args.timeout,
-                  ttl=args.ttl)
+                  ttl=args.ttl, version=1 if args.v1 else 2, group_mode=args.group_mode)
 
 
 _LOST = {
@@ -81,12 +88,31 @@ def _format(ev) -> str:
         return f"* session lost ({_LOST.get(ev.reason, ev.reason_name)}); reconnecting"
     if isinstance(ev, events.Reconnected):
         return f"* reconnected as {ev.id}"
+    if isinstance(ev, events.Forbidden):
+        return "* not allowed to publish (the relay dropped the message)"
+    if isinstance(ev, events.DownlinkSilent):
+        return f"* no group datagrams on {ev.addr}; served per recipient"
     return f"* {ev!r}"
+
+
+def describe(c: Client) -> str:
+    """``protocol vN, MODE``: how the session is served."""
+    if c.mode == "group":
+        how = f"group mode (downlink {c.downlink})"
+    else:
+        how = "per recipient"
+    return f"protocol v{c.version}, {how}"
+
+
+def _stats_line(c: Client) -> str:
+    stats = " ".join(f"{k}={v}" for k, v in c.downlink_stats.items())
+    return f"downlink: {stats}"
 
 
 def _listen(c: Client, keepalive: float) -> int:
     c.connect()
-    print(f"connected as {c.client_id}, server key {c.fingerprint}", file=sys.stderr, flush=True)
+    print(f"connected as {c.client_id}, {describe(c)}, server key {c.fingerprint}",
+          file=sys.stderr, flush=True)
     next_keepalive = time.monotonic() + keepalive
     try:
         while True:
@@ -97,13 +123,21 @@ def _listen(c: Client, keepalive: float) -> int:
                 next_keepalive = time.monotonic() + keepalive
             if ev is None:
                 continue
+            if isinstance(ev, events.Revoked):
+                print(f"error: the relay revoked the credential of {ev.id}",
+                      file=sys.stderr, flush=True)
+                return 1
             print(_format(ev), flush=True)
+            if isinstance(ev, events.Reconnected):
+                print(f"reconnected as {ev.id}, {describe(c)}", file=sys.stderr, flush=True)
             if isinstance(ev, events.ServerClosing):
                 return 0
     except KeyboardInterrupt:
         if c.connected:
             c.bye()
         return 0
+    finally:
+        print(_stats_line(c), file=sys.stderr, flush=True)
 
 
 def _send(c: Client, message: str) -> int:
@@ -131,6 +165,16 @@ def main(argv=None) -> int:
         s.add_argument("--pin", metavar="HEX", help="expected SHA-256 of the server key (hex)")
         s.add_argument("--max-datagram", type=int, default=1200)
         s.add_argument("--timeout", type=float, default=5.0, help="handshake timeout, seconds")
+        s.add_argument("--v1", action="store_true",
+                       help="speak protocol v1 even to a v2 relay (no group mode, no raw tokens)")
+        mode = s.add_mutually_exclusive_group()
+        mode.add_argument("--group-mode", dest="group_mode", action="store_true", default=None,
+                          help="ask a v2 relay for group mode (the default with --group):"
+                               " one signed multicast copy of each message for all members")
+        mode.add_argument("--no-group-mode", "--no-group", dest="group_mode",
+                          action="store_false",
+                          help="do not ask for group mode: every message sent to this client"
+                               " alone (the default with --server unicast)")
         if name == "listen":
             s.add_argument("--keepalive", type=float, default=20.0, help="seconds between KEEPALIVEs")
         else:

@@ -1,12 +1,16 @@
-"""mcrelay wire protocol v1: framing, fragments and the anti-replay window.
+"""mcrelay wire protocol, versions 1 and 2: framing, fragments, the
+anti-replay window, the v2 handshake plaintext, GROUP_DATA and GROUP_ADDR.
 
-Pure functions and small classes, no sockets, no cryptography. The contract
-is ``protocol-v1.md``; section numbers below refer to it.
+Pure functions and small classes, no sockets, no cryptography (the group
+keys and signatures are :mod:`.group`'s). The contracts are
+``protocol-v1.md`` and ``protocol-v2.md``; "§" numbers below refer to v1
+unless they say v2. The repository's PROTOCOL.md §11.8 has worked bytes.
 
 Parsing is strict (§2): a TLV whose length runs past the end of the buffer,
 or 1-3 trailing bytes, make the whole buffer :class:`Malformed`.
 """
 
+import ipaddress
 import struct
 import time
 from dataclasses import dataclass
@@ -23,6 +27,12 @@ KEEPALIVE = 0x0007
 BYE = 0x0008
 REJECT = 0x0009
 COOKIE = 0x000A
+SESSION_KEY2 = 0x000B
+"""v2: RSA-OAEP of a handshake TLV stream (FERNET_KEY, BIND, CAPS, CREDENTIAL)."""
+GROUP_DATA = 0x000C
+"""v2: ``epoch u32 | Ed25519 signature (64) | raw token``, sent to the downlink."""
+VERSIONS = 0x000D
+"""v2: the versions the server speaks, one byte each, next to SERVER_KEY."""
 
 # --- Inner (token plaintext) types, §4 --------------------------------------
 SEQ = 0x0101
@@ -33,6 +43,32 @@ PEER_JOINED = 0x0105
 PEER_LEFT = 0x0106
 REASON = 0x0107
 SERVER_CLOSING = 0x0108
+CAPS = 0x0109
+"""v2 WELCOME: u32 capabilities granted."""
+GROUP_KEY = 0x010A
+"""v2: ``epoch u32 | 44-byte Fernet key`` of the group."""
+GROUP_ADDR = 0x010B
+"""v2 WELCOME: ``family u8 | address | port u16``, where GROUP_DATA is sent."""
+GROUP_SIGNER = 0x010C
+"""v2 WELCOME: the 32-byte Ed25519 public key that signs every GROUP_DATA."""
+GSEQ = 0x010D
+"""v2 group tokens: u64 group sequence number, in place of SEQ."""
+KEY_REQUEST = 0x010E
+"""v2 KEEPALIVE: u32 epoch whose key the member lacks."""
+PROBE = 0x010F
+"""v2: downlink probe (empty)."""
+
+# --- v2 handshake plaintext (SESSION_KEY2), v2 §3 ---------------------------
+HS_FERNET_KEY = 0x0201
+HS_BIND = 0x0202
+HS_CAPS = 0x0203
+HS_CREDENTIAL = 0x0204
+CAP_GROUP = 1
+"""Capability bit 0: group mode."""
+CAP_RAW = 2
+"""Capability bit 1: raw (binary) pairwise tokens."""
+MAX_CREDENTIAL_LEN = 110
+"""Longest CREDENTIAL: the handshake still fits one RSA-2048 OAEP block."""
 
 # --- REJECT reasons (u8) ------------------------------------------------------
 UNKNOWN_SESSION = 1
@@ -66,7 +102,8 @@ LEFT_NAMES = {
 
 # --- Sizes ------------------------------------------------------------------
 VERSION = 1
-"""Protocol version carried in HELLO."""
+"""Protocol version byte carried in HELLO (1 for v2 too: v2 is negotiated
+inside SESSION_KEY2)."""
 HELLO_LEN = 256
 """Size of the HELLO datagram (the server ignores anything shorter)."""
 COOKIE_LEN = 16
@@ -84,8 +121,20 @@ FRAGMENT_HEADER_LEN = 8
 """msg_id u32 | index u16 | count u16, in front of each chunk."""
 FRAGMENT_OVERHEAD = TLV_HEADER_LEN + FRAGMENT_HEADER_LEN
 """Bytes a FRAGMENT datagram spends on headers (12)."""
+SIGNATURE_LEN = 64
+"""Length of an Ed25519 signature."""
+GROUP_HEADER_LEN = 4 + SIGNATURE_LEN
+"""Bytes of a GROUP_DATA value before its token: epoch and signature."""
+SIGNING_CONTEXT = b"mcrelay-v2 group"
+"""What a GROUP_DATA signature's message starts with."""
+SIGNER_LEN = 32
+"""Length of an Ed25519 public key (GROUP_SIGNER)."""
+GROUP_KEY_LEN = 4 + FERNET_KEY_LEN
 
-_INNER_TYPES = range(SEQ, SERVER_CLOSING + 1)
+_INNER_TYPES = range(SEQ, PROBE + 1)
+# Inner types of a fixed size (v2 §3, §4); GROUP_ADDR is checked by parse_group_addr.
+_FIXED = {SEQ: 8, GSEQ: 8, REASON: 1, CAPS: 4, GROUP_KEY: GROUP_KEY_LEN,
+          GROUP_SIGNER: SIGNER_LEN, KEY_REQUEST: 4}
 
 
 class Malformed(ValueError):
@@ -147,47 +196,137 @@ def hello_datagram() -> bytes:
 
 @dataclass
 class Inner:
-    """A validated token plaintext. ``fields`` maps each known inner type
-    present (other than SEQ) to its raw value."""
+    """A validated token plaintext. ``seq`` is the SEQ, or the GSEQ when
+    ``gseq`` is true (a group token). ``fields`` maps each known inner type
+    present, other than SEQ/GSEQ, to its raw value."""
 
     seq: int
     fields: Dict[int, bytes]
+    gseq: bool = False
 
     def shape(self) -> frozenset:
-        """The set of known inner types present, SEQ excluded."""
+        """The set of known inner types present, SEQ and GSEQ excluded."""
         return frozenset(self.fields)
 
 
-def encode_inner(seq: int, tlvs: Iterable[Tuple[int, bytes]] = ()) -> bytes:
-    """A plaintext: the SEQ TLV first, then ``tlvs``."""
-    return encode_tlv(SEQ, encode_u64(seq)) + encode_tlvs(tlvs)
+def encode_inner(seq: int, tlvs: Iterable[Tuple[int, bytes]] = (), kind: int = SEQ) -> bytes:
+    """A plaintext: the SEQ TLV (or GSEQ, with ``kind=GSEQ``) first, then ``tlvs``."""
+    return encode_tlv(kind, encode_u64(seq)) + encode_tlvs(tlvs)
 
 
 def parse_inner(plain: bytes) -> Inner:
     """Parses a token plaintext.
 
-    Rules (§4): SEQ is mandatory and 8 bytes; each known inner type appears
-    at most once; REASON is one byte. Unknown types are skipped so later
-    versions can add fields. Raises :class:`Malformed` otherwise.
+    Rules (§4, v2 §3-§4): exactly one of SEQ and GSEQ, 8 bytes; each known
+    inner type at most once; fixed-size types (REASON 1, CAPS 4, GROUP_KEY
+    48, GROUP_SIGNER 32, KEY_REQUEST 4 bytes, GROUP_ADDR as
+    :func:`parse_group_addr` reads it) of their size. Unknown types are
+    skipped so later versions can add fields. Raises :class:`Malformed`
+    otherwise.
     """
     seq = None
+    gseq = False
     fields: Dict[int, bytes] = {}
     for kind, value in decode_tlvs(plain):
         if kind not in _INNER_TYPES:
             continue
-        if kind in fields or (kind == SEQ and seq is not None):
+        if kind in (SEQ, GSEQ):
+            if seq is not None:
+                raise Malformed("SEQ or GSEQ repeated, or both present")
+        elif kind in fields:
             raise Malformed(f"inner type 0x{kind:04x} repeated")
-        if kind == SEQ:
-            if len(value) != 8:
-                raise Malformed("SEQ is not 8 bytes")
-            seq = struct.unpack(">Q", value)[0]
-        else:
-            if kind == REASON and len(value) != 1:
-                raise Malformed("REASON is not 1 byte")
-            fields[kind] = value
+        size = _FIXED.get(kind)
+        if size is not None and len(value) != size:
+            raise Malformed(f"inner type 0x{kind:04x} is {len(value)} bytes, not {size}")
+        if kind in (SEQ, GSEQ):
+            seq, gseq = struct.unpack(">Q", value)[0], kind == GSEQ
+            continue
+        if kind == GROUP_ADDR:
+            parse_group_addr(value)
+        fields[kind] = value
     if seq is None:
         raise Malformed("SEQ missing")
-    return Inner(seq, fields)
+    return Inner(seq, fields, gseq)
+
+
+# --- v2 handshake plaintext, GROUP_ADDR, GROUP_DATA ---------------------------
+
+def encode_handshake(fernet_key: bytes, bind: bytes, caps: int,
+                     credential: Optional[bytes] = None) -> bytes:
+    """The SESSION_KEY2 plaintext (v2 §3): FERNET_KEY, BIND, CAPS and, when
+    given, CREDENTIAL, in that order (as the Rust client writes it).
+
+    Raises ``ValueError`` for a key that is not 44 bytes, a BIND that is not
+    16, CAPS outside u32 or a credential outside 1..110 bytes.
+    """
+    if len(fernet_key) != FERNET_KEY_LEN or len(bind) != COOKIE_LEN:
+        raise ValueError("FERNET_KEY is 44 bytes and BIND 16")
+    if not 0 <= caps <= 0xFFFFFFFF:
+        raise ValueError("CAPS is a u32")
+    tlvs = [(HS_FERNET_KEY, fernet_key), (HS_BIND, bind), (HS_CAPS, struct.pack(">I", caps))]
+    if credential is not None:
+        if not 1 <= len(credential) <= MAX_CREDENTIAL_LEN:
+            raise ValueError(f"a CREDENTIAL is 1..{MAX_CREDENTIAL_LEN} bytes")
+        tlvs.append((HS_CREDENTIAL, credential))
+    return encode_tlvs(tlvs)
+
+
+def parse_handshake(plain: bytes) -> Tuple[bytes, bytes, int, Optional[bytes]]:
+    """Parses a SESSION_KEY2 plaintext into ``(fernet_key, bind, caps,
+    credential)`` as the server does: each type at most once, unknown types
+    ignored, FERNET_KEY (44) and BIND (16) mandatory, CAPS 4 bytes (absent:
+    0), CREDENTIAL 1..110 bytes. Raises :class:`Malformed` otherwise."""
+    seen: Dict[int, bytes] = {}
+    for kind, value in decode_tlvs(plain):
+        if kind in (HS_FERNET_KEY, HS_BIND, HS_CAPS, HS_CREDENTIAL):
+            if kind in seen:
+                raise Malformed(f"handshake type 0x{kind:04x} repeated")
+            seen[kind] = value
+    key, bind = seen.get(HS_FERNET_KEY), seen.get(HS_BIND)
+    caps, cred = seen.get(HS_CAPS, bytes(4)), seen.get(HS_CREDENTIAL)
+    if key is None or len(key) != FERNET_KEY_LEN or bind is None or len(bind) != COOKIE_LEN \
+            or len(caps) != 4 or (cred is not None and not 1 <= len(cred) <= MAX_CREDENTIAL_LEN):
+        raise Malformed("handshake field missing or of the wrong size")
+    return key, bind, struct.unpack(">I", caps)[0], cred
+
+
+def parse_group_addr(value: bytes) -> Tuple[str, int]:
+    """A GROUP_ADDR value (``family u8 (4 or 6) | address | port u16``) as
+    ``(address text, port)``. Raises :class:`Malformed` otherwise."""
+    if len(value) == 7 and value[0] == 4:
+        ip = ipaddress.IPv4Address(value[1:5])
+    elif len(value) == 19 and value[0] == 6:
+        ip = ipaddress.IPv6Address(value[1:17])
+    else:
+        raise Malformed("GROUP_ADDR is neither family 4 (7 bytes) nor 6 (19 bytes)")
+    return str(ip), struct.unpack(">H", value[-2:])[0]
+
+
+def encode_group_addr(host: str, port: int) -> bytes:
+    """The GROUP_ADDR value for ``(host, port)``."""
+    ip = ipaddress.ip_address(host)
+    return bytes([ip.version]) + ip.packed + struct.pack(">H", port)
+
+
+def parse_group_data(value: bytes) -> Tuple[int, bytes, bytes]:
+    """Splits a GROUP_DATA value into ``(epoch, signature, raw token)``.
+    Raises :class:`Malformed` if it is shorter than its header or has no token."""
+    if len(value) <= GROUP_HEADER_LEN:
+        raise Malformed("GROUP_DATA without a token")
+    epoch = struct.unpack_from(">I", value)[0]
+    return epoch, bytes(value[4:GROUP_HEADER_LEN]), bytes(value[GROUP_HEADER_LEN:])
+
+
+def group_signed_message(epoch: int, token: bytes) -> bytes:
+    """What a GROUP_DATA signature covers: ``"mcrelay-v2 group" | epoch u32 | raw token``."""
+    return SIGNING_CONTEXT + struct.pack(">I", epoch) + bytes(token)
+
+
+def encode_group_data(epoch: int, signature: bytes, token: bytes) -> bytes:
+    """The whole GROUP_DATA TLV (a relay's job; tests build them with it)."""
+    if len(signature) != SIGNATURE_LEN:
+        raise ValueError("an Ed25519 signature is 64 bytes")
+    return encode_tlv(GROUP_DATA, struct.pack(">I", epoch) + bytes(signature) + bytes(token))
 
 
 # --- Fragmentation, §3 FRAGMENT and §5.6 ------------------------------------
@@ -250,12 +389,17 @@ class Reassembler:
     seconds from a message's first fragment. A duplicate or out-of-range
     index, a count that disagrees with earlier fragments, or a message over
     a limit drops that message; each drop adds one to :attr:`dropped`
-    (expired messages too). Messages are keyed by ``(source, msg_id)``.
+    (expired messages too). Messages are keyed by ``(source, msg_id)``;
+    with ``max_per_source`` one source holds at most that many incomplete
+    messages, so that one stranger cannot take every slot (the group
+    downlink hears anyone who can send to the group).
     """
 
     def __init__(self, max_partial: int = 16, max_message: int = 256 * 1024,
-                 max_total: int = 1024 * 1024, max_age: float = 10.0):
+                 max_total: int = 1024 * 1024, max_age: float = 10.0,
+                 max_per_source: Optional[int] = None):
         self.max_partial = max_partial
+        self.max_per_source = max_per_source
         self.max_message = max_message
         self.max_total = max_total
         self.max_age = max_age
@@ -300,7 +444,9 @@ class Reassembler:
             self._discard(key)
             return None
         if p is None:
-            if len(self._partials) >= self.max_partial:
+            if len(self._partials) >= self.max_partial or (
+                    self.max_per_source is not None
+                    and sum(1 for s, _ in self._partials if s == source) >= self.max_per_source):
                 self.dropped += 1
                 return None
             p = self._partials[key] = _Partial(count, now + self.max_age)
