@@ -183,9 +183,11 @@ fn a_newcomer_cannot_open_what_came_before_its_welcome() {
     let (value, plain) = recv_until(&down, |d| {
         let value = value_of(d, outer::GROUP_DATA)?;
         let plain = group.member.open(Instant::now(), &value).ok()?;
+        // Not a probe's answer (a slow machine's members may ask for one).
+        Inner::parse(&plain).ok()?.body?;
         Some((value, plain))
     })
-    .expect("the next GROUP_DATA opens");
+    .expect("the next message opens");
     let m = Inner::parse(&plain).unwrap();
     assert_eq!(
         (m.sender_id, m.body),
