@@ -10,6 +10,7 @@
 pub mod testrng;
 
 pub mod netns;
+pub mod raw;
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
