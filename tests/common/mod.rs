@@ -9,6 +9,8 @@
 #[path = "../../src/sim/testrng.rs"]
 pub mod testrng;
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
