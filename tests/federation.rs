@@ -599,3 +599,63 @@ fn a_nats_subscriber_sees_only_ciphertext() {
     fs::remove_file(key).unwrap();
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn bench_federation_measures_two_relays_through_nats() {
+    // A short run of the real thing: nats-server and three relays started
+    // by the bench, every phase carried out, the report in JSON.
+    let t = Instant::now();
+    let (status, out, err) = run(&[
+        "bench",
+        "--federation",
+        "--runs",
+        "1",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--rate",
+        "200",
+        "--window",
+        "32",
+        "--json",
+        "--quiet",
+    ]);
+    assert!(status.success(), "{err}");
+    println!(
+        "bench --federation (short, debug build) in {:?}: {out}",
+        t.elapsed()
+    );
+    let field = |name: &str| -> f64 {
+        let key = format!("\"{name}\":");
+        let rest = out
+            .split_once(&key)
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .1;
+        let v: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e'))
+            .collect();
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} is not a number in {out}"))
+    };
+    assert!(field("rate") > 100.0, "{out}");
+    assert!(field("latency_p99_ms") > 0.0, "{out}");
+    assert!(field("throughput_msgs_per_sec") > 0.0, "{out}");
+    assert!(field("throughput_expected") > 0.0, "{out}");
+    assert_eq!(field("throughput_duplicated"), 0.0, "{out}");
+    assert!(field("sender_cpu_us_per_msg_alone") > 0.0, "{out}");
+    field("federation_cpu_us_per_msg");
+
+    let (status, _, err) = run(&[
+        "bench",
+        "--federation",
+        "--nats-server",
+        "/nonexistent/nats-server",
+    ]);
+    assert!(!status.success());
+    assert!(
+        err.contains("apt-get install nats-server") && err.lines().count() == 1,
+        "{err}"
+    );
+}

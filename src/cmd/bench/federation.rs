@@ -73,6 +73,10 @@ const STALL: Duration = Duration::from_millis(250);
 /// long without any ends the wait early.
 const DRAIN: Duration = Duration::from_secs(3);
 const DRAIN_QUIET: Duration = Duration::from_millis(500);
+/// SO_RCVBUF of a receiving client (the kernel caps it at rmem_max): a
+/// closed-loop window of small datagrams, at about 1 KiB of buffer each
+/// in the kernel's accounting, outgrows the 208 KiB default.
+const RECEIVER_BUFFER: usize = 4 << 20;
 /// How long the links may take to carry a first message.
 const LINK_UP: Duration = Duration::from_secs(30);
 
@@ -236,6 +240,14 @@ fn one_run(o: &Opts, nats: &Nats, key: &KeyFile) -> Result<Run, String> {
     let mut senders = swarm::connect(a.addr, o.senders, 0, within)?;
     let group = if o.group { o.receivers } else { 0 };
     let mut receivers = swarm::connect(b.addr, o.receivers, group, within)?;
+    for c in &receivers {
+        // Each receiver stands for a host of its own: its socket must not
+        // be where a burst is lost while the bench thread waits for a core.
+        let _ = socket2::SockRef::from(&c.sock).set_recv_buffer_size(RECEIVER_BUFFER);
+        if let Some(d) = &c.down {
+            let _ = socket2::SockRef::from(d).set_recv_buffer_size(RECEIVER_BUFFER);
+        }
+    }
     let mut senders0 = swarm::connect(alone.addr, o.senders, 0, within)?;
     link_up(&mut senders[0], a.addr, &mut receivers, b.addr)
         .map_err(|e| format!("{e}\nrelay A log:\n{}", a.log_tail()))?;
