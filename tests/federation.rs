@@ -4,7 +4,11 @@
 //! Messages, joins and leaves cross relays exactly once under `RELAY/ID`;
 //! a killed relay's members leave as unreachable; a relay whose NATS
 //! server dies moves to another of the cluster and carries on, and its
-//! local relaying never stops. Timings are printed, not asserted tightly.
+//! local relaying never stops; a relay in group mode and one serving its
+//! clients one by one exchange messages once each way; a plain NATS
+//! subscriber on the subject reads nothing but ciphertext; the admin
+//! `clients remote|all` lists the other relays' members; and a short
+//! `bench --federation` runs. Timings are printed, not asserted tightly.
 
 mod common;
 
@@ -482,6 +486,11 @@ fn group_mode_on_one_relay_and_per_recipient_on_the_other_deliver_once_both_ways
         "mixed modes: every message heard once after {:?}",
         t.elapsed()
     );
+    // A relay alone has no remote members to list.
+    let plain = Server::start(&[]);
+    let (_, end) = plain.admin().cmd("clients remote");
+    assert_eq!(end, "ERR federation is off");
+    assert!(admin_lines(&plain, "clients all").is_empty());
     fs::remove_file(key).unwrap();
 }
 
