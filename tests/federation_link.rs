@@ -3,134 +3,21 @@
 //! test runs its links in its own mio loops, the way the relay's server
 //! loop will, and kills its servers when done.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use common::nats::{cluster, Nats, Raw};
+use common::DEADLINE;
 
 use mcrelay::fernet::FernetKey;
 use mcrelay::{Link, LinkConfig, LinkEvent, LinkState, NatsAuth, NatsSocket};
 use mio::{Events, Poll, Token};
 
-/// Generous: CI is a noisy 2-core machine.
-const DEADLINE: Duration = Duration::from_secs(20);
 const SUBJECT: &str = "mcrelay.test.federation";
 const KEY: [u8; 32] = [42; 32];
 const NATS: Token = Token(0);
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().unwrap().port()
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// One nats-server process; killed on drop.
-struct Nats {
-    child: Option<Child>,
-    port: u16,
-    cluster_port: u16,
-    http_port: u16,
-}
-
-impl Nats {
-    /// A server on new free ports, routed to the cluster ports in `routes`.
-    fn start(routes: &[u16], extra: &[&str]) -> Nats {
-        Self::start_on(free_port(), free_port(), routes, extra)
-    }
-
-    fn start_on(port: u16, cluster_port: u16, routes: &[u16], extra: &[&str]) -> Nats {
-        let http_port = free_port();
-        let mut cmd = Command::new("nats-server");
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", &http_port.to_string()])
-            .args(["-cluster", &format!("nats://127.0.0.1:{cluster_port}")]);
-        if !routes.is_empty() {
-            let r: Vec<String> = routes
-                .iter()
-                .map(|p| format!("nats://127.0.0.1:{p}"))
-                .collect();
-            cmd.args(["-routes", &r.join(",")]);
-        }
-        cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::null());
-        let child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                panic!("cannot run nats-server ({e}): install it with apt-get install nats-server")
-            }
-        };
-        let nats = Nats {
-            child: Some(child),
-            port,
-            cluster_port,
-            http_port,
-        };
-        poll_until("nats-server accepting clients", || {
-            TcpStream::connect(local(port)).is_ok()
-        });
-        nats
-    }
-
-    fn addr(&self) -> SocketAddr {
-        local(self.port)
-    }
-
-    /// Routes this server has (from its monitoring port's /routez).
-    fn routes(&self) -> usize {
-        let Ok(mut s) = TcpStream::connect(local(self.http_port)) else {
-            return 0;
-        };
-        let _ = s.write_all(b"GET /routez HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        let n = body.split("\"num_routes\":").nth(1).unwrap_or("");
-        let digits: String = n
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().unwrap_or(0)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Waits for `cond`, panicking with `what` after [`DEADLINE`].
-fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A cluster of `n` servers routed to the first, waited on until each has
-/// a route to every other.
-fn cluster(n: usize) -> Vec<Nats> {
-    let first = Nats::start(&[], &[]);
-    let seed = first.cluster_port;
-    let mut servers = vec![first];
-    for _ in 1..n {
-        servers.push(Nats::start(&[seed], &[]));
-    }
-    poll_until("the NATS cluster to form", || {
-        servers.iter().all(|s| s.routes() == n - 1)
-    });
-    servers
-}
 
 /// One link in its own mio loop, as the relay's server loop will run it.
 struct Node {
@@ -395,58 +282,6 @@ fn messages_published_while_no_server_is_up_are_buffered_then_delivered() {
     assert_eq!(a.link.stats().reconnects, 1);
 }
 
-/// A bare NATS client on a blocking socket, for what no relay would send.
-struct Raw {
-    r: BufReader<TcpStream>,
-}
-
-impl Raw {
-    fn connect(server: SocketAddr) -> Raw {
-        let s = TcpStream::connect(server).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        let mut raw = Raw {
-            r: BufReader::new(s),
-        };
-        assert!(raw.line().starts_with("INFO "));
-        raw.send(
-            format!("CONNECT {{\"verbose\":false}}\r\nSUB {SUBJECT} 9\r\nPING\r\n").as_bytes(),
-        );
-        assert_eq!(raw.line(), "PONG");
-        raw
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap();
-        l.trim_end().to_owned()
-    }
-
-    fn send(&mut self, b: &[u8]) {
-        self.r.get_mut().write_all(b).unwrap();
-    }
-
-    fn publish(&mut self, payload: &[u8]) {
-        let mut m = format!("PUB {SUBJECT} {}\r\n", payload.len()).into_bytes();
-        m.extend_from_slice(payload);
-        m.extend_from_slice(b"\r\n");
-        self.send(&m);
-    }
-
-    /// The next MSG's payload.
-    fn next_payload(&mut self) -> Vec<u8> {
-        loop {
-            let l = self.line();
-            if let Some(rest) = l.strip_prefix("MSG ") {
-                let n: usize = rest.rsplit(' ').next().unwrap().parse().unwrap();
-                let mut p = vec![0; n + 2];
-                self.r.read_exact(&mut p).unwrap();
-                p.truncate(n);
-                return p;
-            }
-        }
-    }
-}
-
 #[test]
 fn malformed_unsealed_and_replayed_messages_are_dropped_and_counted() {
     let s = Nats::start(&[], &[]);
@@ -457,7 +292,7 @@ fn malformed_unsealed_and_replayed_messages_are_dropped_and_counted() {
     run_until(&mut [&mut a, &mut b], "both connected", |n| {
         n.iter().all(|n| n.connected().is_some())
     });
-    let mut raw = Raw::connect(s.addr());
+    let mut raw = Raw::connect(s.addr(), SUBJECT);
     a.publish("alice", "original");
     run_until(&mut [&mut a, &mut b], "delivery", |n| {
         !n[1].messages().is_empty()

@@ -1,7 +1,8 @@
 //! `mcrelay bench`: drives a relay with many clients and reports
 //! throughput, loss, latency and what each delivery cost the relay in CPU;
 //! `--limit` measures the machine's ceiling for the same work on one core,
-//! `--footprint` the binary size and memory a router would pay.
+//! `--footprint` the binary size and memory a router would pay,
+//! `--federation` two relays federated through a NATS server.
 //!
 //! The bench is a client, not the relay, so it may use threads: receivers
 //! are spread over a few threads, each polling its share of the client
@@ -9,6 +10,7 @@
 //! for a slow relay.
 
 mod child;
+mod federation;
 mod footprint;
 mod hist;
 mod json;
@@ -33,6 +35,8 @@ USAGE:
     mcrelay bench [OPTIONS]              drive a relay (started as a child unless --target)
     mcrelay bench --limit [OPTIONS]      the machine's limit: encrypt + send on one core
     mcrelay bench --footprint [OPTIONS]  binary size and memory, checked against the limits
+    mcrelay bench --federation [OPTIONS] two relays federated through nats-server
+                                         (its options: mcrelay bench --federation --help)
 
 RELAY UNDER TEST:
     --target HOST:PORT     a running relay [default: start `serve` on free loopback ports]
@@ -89,6 +93,9 @@ struct Opts {
 
 /// Parses `bench` flags and runs the chosen measurement.
 pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
+    if args.contains("--federation") {
+        return federation::run(args);
+    }
     if args.contains(["-h", "--help"]) {
         print!("{HELP}");
         return Ok(());

@@ -248,6 +248,28 @@ impl Link {
         v
     }
 
+    /// At most `limit` remote members as (relay, id), by relay name then
+    /// id: what an admin reply of bounded size can show, without building
+    /// the whole list of a large federation first.
+    pub fn remote_members_first(&self, limit: usize) -> Vec<(String, String)> {
+        let mut origins: Vec<_> = self.inbox.origins().collect();
+        origins.sort_by(|a, b| a.0.cmp(b.0));
+        origins
+            .into_iter()
+            .flat_map(|(name, o)| o.data.members().iter().map(move |m| (name, m)))
+            .take(limit)
+            .map(|(name, m)| (name.to_owned(), m.clone()))
+            .collect()
+    }
+
+    /// How many members the other relays have in all.
+    pub fn remote_member_count(&self) -> usize {
+        self.inbox
+            .origins()
+            .map(|(_, o)| o.data.members().len())
+            .sum()
+    }
+
     /// The next connect or close the shell must carry out.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()

@@ -360,6 +360,9 @@ fn a_late_relay_learns_members_from_the_announce() {
         vec![joined("office/alice"), joined("office/bob")]
     );
     assert_eq!(bus.node(c).remote_members(), ["office/alice", "office/bob"]);
+    assert_eq!(bus.node(c).remote_member_count(), 2);
+    let first = bus.node(c).remote_members_first(1);
+    assert_eq!(first, [("office".to_string(), "alice".to_string())]);
     let relays = bus.node(c).remote_relays(now + PERIOD);
     assert_eq!(relays.len(), 1);
     assert_eq!(

@@ -4,8 +4,7 @@
 //! readiness, then [`Federation::turn`]: the link's timers, its events
 //! into the relay ([`Relay::handle_remote`]), the relay's events out to
 //! the link (`publish_*`), and the socket's reads and writes. Also what the
-//! admin channel shows of it ([`Federation::describe`],
-//! [`Federation::counters`]).
+//! admin channel shows of it ([`Federation::view`]).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use mio::{Registry, Token};
 
 use crate::federation::link::{Link, LinkState};
 use crate::federation::members::LinkEvent;
+use crate::net::admin::{FederationView, REMOTE_MEMBERS_SHOWN};
 use crate::net::nats::NatsSocket;
 use crate::relay::{Event, Relay, RemoteInput, Transmits};
 use crate::wire::LeaveReason;
@@ -134,6 +134,17 @@ impl Federation {
             "federation: left with {} bytes unwritten",
             self.link.pending_output().len()
         );
+    }
+
+    /// What the admin channel shows: [`Federation::describe`], the
+    /// counters, and the first remote members for `clients remote`.
+    pub fn view(&self, now: Instant) -> FederationView {
+        FederationView {
+            lines: self.describe(now),
+            counters: self.counters(),
+            remote_members: self.link.remote_members_first(REMOTE_MEMBERS_SHOWN),
+            remote_total: self.link.remote_member_count(),
+        }
     }
 
     /// What the admin `federation` command prints: the link state and

@@ -257,7 +257,7 @@ impl Server {
                 // when a command may want it.
                 if let Some(fed) = self.federation.as_ref() {
                     let now = Instant::now();
-                    admin.set_federation(Some((fed.describe(now), fed.counters())));
+                    admin.set_federation(Some(fed.view(now)));
                 }
             }
             if let Some(admin) = self.admin.as_mut() {

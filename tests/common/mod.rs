@@ -9,6 +9,7 @@
 #[path = "../../src/sim/testrng.rs"]
 pub mod testrng;
 
+pub mod nats;
 pub mod netns;
 pub mod raw;
 

@@ -25,6 +25,8 @@ pub(super) const COMMANDS: [&str; 15] = [
 pub(super) const HELP: &str = "\
 help               this list
 clients            one line per client: id, idle seconds, messages/bytes in and out, partial fragments, name (if named), permissions, mode (v1, v2, group)
+clients remote     one line per member of the other federated relays: RELAY/ID relay=RELAY mode=remote
+clients all        the local clients, then the remote members
 stats              counters, one `name value` per line
 stats prometheus   the same in the Prometheus text format (0.0.4)
 kick ID|NAME       remove client ID (ip:port or NAME@ip:port), or every session of NAME; it and the others are told it was kicked
@@ -71,8 +73,8 @@ impl Admin {
         ] {
             lines.push((name.to_string(), v));
         }
-        if let Some((_, counters)) = &self.federation {
-            lines.extend(counters.iter().cloned());
+        if let Some(view) = &self.federation {
+            lines.extend(view.counters.iter().cloned());
         }
         lines
     }
@@ -130,8 +132,8 @@ impl Admin {
         s.abuse = 0;
         match (cmd, arg) {
             ("federation", "") => match &self.federation {
-                Some((text, _)) => {
-                    for line in text {
+                Some(view) => {
+                    for line in &view.lines {
                         s.reply(line);
                     }
                     s.reply("OK");
@@ -148,10 +150,18 @@ impl Admin {
                 s.reply(HELP);
                 s.reply("OK");
             }
-            ("clients", "") => {
+            ("clients", "remote") if self.federation.is_none() => {
+                s.reply("ERR federation is off");
+            }
+            ("clients", which @ ("" | "remote" | "all")) => {
                 let mut text = String::new();
                 let mut more = 0usize;
-                for c in relay.clients(now) {
+                let local = if which == "remote" {
+                    Vec::new()
+                } else {
+                    relay.clients(now)
+                };
+                for c in local {
                     if text.len() >= MAX_REPLY {
                         more += 1;
                         continue;
@@ -173,6 +183,22 @@ impl Admin {
                 }
                 if more > 0 {
                     text.push_str(&format!("... {more} more clients\n"));
+                }
+                if let Some(view) = self.federation.as_ref().filter(|_| !which.is_empty()) {
+                    // A remote member's id is RELAY/ID; its relay is
+                    // repeated so a script need not split ids.
+                    let mut shown = 0usize;
+                    for (relay, id) in &view.remote_members {
+                        if text.len() >= MAX_REPLY {
+                            break;
+                        }
+                        text.push_str(&format!("{relay}/{id} relay={relay} mode=remote\n"));
+                        shown += 1;
+                    }
+                    if view.remote_total > shown {
+                        let more = view.remote_total - shown;
+                        text.push_str(&format!("... {more} more remote members\n"));
+                    }
                 }
                 s.reply(&text);
                 s.reply("OK");

@@ -59,9 +59,23 @@ const MAX_ABUSE: u8 = 5;
 /// Wrong tokens tolerated before closing.
 const MAX_BAD_AUTH: u8 = 3;
 
-/// What the admin channel shows of the federation: the `federation`
-/// lines, and the `federation_` counters `stats` adds.
-pub type FederationView = (Vec<String>, Vec<(String, u64)>);
+/// Remote members a `clients remote` reply lists at most (the rest are
+/// counted): with ids of typical length that fills [`MAX_REPLY`].
+pub const REMOTE_MEMBERS_SHOWN: usize = 4096;
+
+/// What the admin channel shows of the federation, refreshed by the loop
+/// before commands run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FederationView {
+    /// The `federation` lines.
+    pub lines: Vec<String>,
+    /// The `federation_` counters `stats` adds.
+    pub counters: Vec<(String, u64)>,
+    /// The first [`REMOTE_MEMBERS_SHOWN`] remote members as (relay, id).
+    pub remote_members: Vec<(String, String)>,
+    /// Remote members in all.
+    pub remote_total: usize,
+}
 
 /// Admin channel settings.
 #[derive(Clone, Debug)]
