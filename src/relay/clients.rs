@@ -123,6 +123,10 @@ pub(super) struct Client {
     pub(super) downlink: Option<usize>,
     /// When its last KEY_REQUEST was answered (one answer a second).
     pub(super) key_answered: Option<Instant>,
+    /// The epoch its WELCOME gave it when it last entered the group: a
+    /// KEY_REQUEST never hands it an older key, so a newcomer cannot read
+    /// what was multicast in the grace before it joined.
+    pub(super) member_since: u32,
     /// What it may do: from its clients-file line (narrowed by reloads),
     /// `pubsub` for an unnamed client.
     pub(super) perms: Perms,

@@ -316,8 +316,8 @@ impl Relay {
     }
 
     /// One datagram for the member in `slot`: `SEQ GROUP_KEY` for `epoch`
-    /// if it is still known (the 2 s grace) and not current, and one for
-    /// the current epoch.
+    /// if it is still known (the 2 s grace), not current, and not older
+    /// than the member's membership, and one for the current epoch.
     fn answer_key_request(
         &mut self,
         now: Instant,
@@ -331,7 +331,10 @@ impl Relay {
         }
         self.settle(out);
         let current = self.group.sender.epoch();
-        let older = (epoch != current)
+        // Epochs count up from the relay's start; wrapping is compared as such.
+        let since = self.clients.get(slot).map_or(current, |c| c.member_since);
+        let member_then = epoch.wrapping_sub(since) < 1 << 31;
+        let older = (epoch != current && member_then)
             .then(|| self.group.sender.key_text_of(epoch, now))
             .flatten()
             .map(|k| (epoch, k));

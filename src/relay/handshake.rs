@@ -349,6 +349,7 @@ impl Relay {
                     caps,
                     downlink: None,
                     key_answered: None,
+                    member_since: 0,
                     perms: admitted.perms,
                     credential: admitted.credential,
                 });
@@ -376,6 +377,12 @@ impl Relay {
                 self.notify(Some(slot), out);
             }
             self.ratchet(out);
+            if !was_member {
+                let epoch = self.group.sender.epoch();
+                if let Some(c) = self.clients.get_mut(slot) {
+                    c.member_since = epoch;
+                }
+            }
             self.add_member(slot)
         } else {
             if was_member {

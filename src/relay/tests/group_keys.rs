@@ -277,6 +277,27 @@ fn a_key_request_is_answered_within_the_grace_once_a_second() {
     assert_eq!(net.stats().dropped(Drop::NotGroupMember), 1);
 }
 
+/// A newcomer asking, within the grace, for the epoch before its join
+/// gets only the current key: what was multicast before it joined stays
+/// closed to it (the members of that epoch still get theirs).
+#[test]
+fn a_newcomer_is_never_given_a_key_from_before_its_join() {
+    let mut net = Net::new(roomy());
+    let mut ms = net.members(2);
+    hear(&mut net, &mut ms);
+    let e = epoch(&net);
+    let mut newcomer = net.v2(addr(43003), GROUP_RAW);
+    assert_eq!(newcomer.group.as_ref().unwrap().epoch(), e + 1);
+    hear(&mut net, &mut ms);
+    net.take_stray(newcomer.addr);
+    let d = newcomer.keepalive(Some(e), false);
+    net.deliver(newcomer.addr, &d);
+    assert_eq!(keys(&mut net, &mut newcomer), [e + 1]);
+    let d = ms[0].keepalive(Some(e), false);
+    net.deliver(ms[0].addr, &d);
+    assert_eq!(keys(&mut net, &mut ms[0]), [e, e + 1]);
+}
+
 #[test]
 fn probes_are_answered_at_most_twice_a_second_and_shared() {
     let mut net = Net::new(roomy());
