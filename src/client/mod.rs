@@ -48,8 +48,12 @@
 //!   authentic token under the established session proves the hint false
 //!   and cancels it. Once the SESSION_KEY is out it is completed instead:
 //!   the server may already hold the new key.
-//! - A token that opens under the pending key completes the handshake even
-//!   if its WELCOME was lost: only the server could have read that key.
+//! - A token that opens under the pending key completes a background
+//!   re-key that did not ask for GROUP even if its WELCOME was lost: only
+//!   the server could have read that key, and the id stays. A handshake
+//!   from scratch, or one that asked for GROUP, needs its WELCOME (the id,
+//!   the group's key and signer): such a token is dropped and the retry
+//!   brings the WELCOME.
 //! - A REJECT 2, 3 or 4 that arrives while the current handshake waits for
 //!   its WELCOME answers that handshake ([`ClientCore::refusal`]); it is
 //!   kept, not acted on, because a forged one may race the real WELCOME.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::{ClientCore, ClientError, ClientEvent, Opened, State};
 use crate::reassembly::Outcome;
 use crate::session::Direction;
+use crate::wire::handshake::CAP_GROUP;
 use crate::wire::outer::{Datagram, Item, TokenKind};
 use crate::wire::{Inner, RejectReason};
 
@@ -130,8 +131,19 @@ impl ClientCore {
                     self.promote(now, id, Some(&m), events);
                     return;
                 }
-                // A DATA under the new key: its WELCOME was lost, the id stays.
-                let id = self.id().unwrap_or_default().to_owned();
+                // A DATA under the new key: its WELCOME was lost. That
+                // completes a re-key of a known id that did not ask for
+                // GROUP; otherwise the WELCOME carries what we lack (our id,
+                // the group's key, downlink and signer): the token is
+                // dropped and the handshake's retry brings a WELCOME.
+                let asked_group = self
+                    .attempt()
+                    .and_then(|a| a.asked)
+                    .is_some_and(|caps| caps & CAP_GROUP != 0);
+                let Some(id) = self.id().filter(|_| !asked_group).map(str::to_owned) else {
+                    self.dropped += 1;
+                    return;
+                };
                 self.promote(now, id, None, events);
             }
             Opened::Established => {

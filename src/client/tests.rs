@@ -250,7 +250,10 @@ fn an_authentic_token_before_the_session_key_proves_the_hint_false() {
 
 #[test]
 fn a_token_under_the_pending_key_completes_a_handshake_whose_welcome_was_lost() {
-    let mut p = Pair::new(ClientOptions::default());
+    let mut p = Pair::new(ClientOptions {
+        group: false,
+        ..ClientOptions::default()
+    });
     let before = p.a().authentic();
     let hello = p.a().rehandshake();
     let answer = p.relay_answers(A, vec![hello]).remove(0).1;
@@ -265,6 +268,31 @@ fn a_token_under_the_pending_key_completes_a_handshake_whose_welcome_was_lost() 
     );
     assert!(is_message(&events[1], b"under the new key"), "{events:?}");
     assert!(!p.a().is_rehandshaking() && p.a().authentic() > before);
+    assert!(p.a_says(b"and back"));
+}
+
+/// A re-key that asked for GROUP needs its WELCOME (the group's key,
+/// downlink and signer): a token under the pending key does not complete
+/// it; the WELCOME, sent again for the repeated handshake, does.
+#[test]
+fn a_handshake_asking_for_group_waits_for_its_welcome() {
+    let mut p = Pair::new(ClientOptions::default());
+    let hello = p.a().rehandshake();
+    let answer = p.relay_answers(A, vec![hello]).remove(0).1;
+    let (_, session_key) = p.deliver(A, &answer);
+    let welcome = p.relay_answers(A, session_key);
+    let dropped = p.a().dropped;
+    let events = p.b_says(b"under the new key");
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(p.a().dropped, dropped + 1);
+    assert!(p.a().is_rehandshaking(), "still waiting for its WELCOME");
+    let (_, w) = welcome.into_iter().next().expect("a WELCOME");
+    let (events, _) = p.deliver(A, &w);
+    assert!(
+        matches!(&events[0], ClientEvent::Welcome { .. }),
+        "{events:?}"
+    );
+    assert!(!p.a().is_rehandshaking());
     assert!(p.a_says(b"and back"));
 }
 
