@@ -110,7 +110,10 @@ fn core_v2_seeds_reach_group_mode() {
     assert!(r.rekeys >= 2 && r.ratchets >= 4, "{r:?}");
     let r = run("seed-v2-kicked");
     println!("seed-v2-kicked: {r:?}");
-    assert!(r.left >= 2 && r.rekeys >= 2 && r.group_messages >= 3, "{r:?}");
+    assert!(
+        r.left >= 2 && r.rekeys >= 2 && r.group_messages >= 3,
+        "{r:?}"
+    );
     let r = run("seed-v2-downlink");
     println!("seed-v2-downlink: {r:?}");
     assert!(r.group_messages >= 4 && r.forgeries_refused >= 6, "{r:?}");
@@ -327,22 +330,27 @@ fn core_v2_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "seed-v2-kicked",
             // A kicked member and a timed-out one keep their keys (their
             // ClientCores do not know): what follows must not open for them.
-            Program::v2(cfg(4, 4, 1, false), GROUP_MODE, 4, [GROUP, GROUP, GROUP, PAIR])
-                .handshake(0)
-                .handshake(1)
-                .handshake(2)
-                .send(0, 41)
-                .kick(2)
-                .send(0, 42)
-                .send(1, 43)
-                .advance_ms(3000)
-                .keepalive(0)
-                .keepalive(1)
-                .advance_ms(3000)
-                .keepalive(0)
-                .advance_ms(3000)
-                .send(0, 44)
-                .0,
+            Program::v2(
+                cfg(4, 4, 1, false),
+                GROUP_MODE,
+                4,
+                [GROUP, GROUP, GROUP, PAIR],
+            )
+            .handshake(0)
+            .handshake(1)
+            .handshake(2)
+            .send(0, 41)
+            .kick(2)
+            .send(0, 42)
+            .send(1, 43)
+            .advance_ms(3000)
+            .keepalive(0)
+            .keepalive(1)
+            .advance_ms(3000)
+            .keepalive(0)
+            .advance_ms(3000)
+            .send(0, 44)
+            .0,
         ),
         (
             "seed-v2-downlink",

@@ -131,14 +131,18 @@ impl Sim {
         let receivers: Vec<usize> = (0..CLIENTS)
             .filter(|&j| j != i && self.sure_receiver(j))
             .collect();
+        // If the relay relays it now, only today's members may open it
+        // from the downlink, then or later. Nobody else's membership
+        // changes while the sender's datagrams are handled.
         let relayed_before = self.net.relay.stats().messages_relayed;
+        let members = self.group_members();
+        self.eligible.insert(body.clone(), members);
         for k in order {
             self.deliver_to_relay(addr, datagrams[k].clone(), Origin::Core(i));
         }
-        if self.net.relay.stats().messages_relayed > relayed_before {
-            // Relayed now: who may open it from the downlink is settled.
-            let members = self.group_members();
-            self.eligible.insert(body.clone(), members);
+        if self.net.relay.stats().messages_relayed == relayed_before {
+            // Not relayed (yet): a replayed fragment may complete it later.
+            self.eligible.remove(&body);
         }
         if expect {
             for j in receivers {
