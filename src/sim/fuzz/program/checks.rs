@@ -164,6 +164,9 @@ impl Sim {
                         assert_eq!(self.registered.get(&addr), Some(&id), "re-keyed as another");
                     }
                     self.ids_ever.insert(id.to_string());
+                    // A new session may ask for keys at once (the relay's
+                    // limit is per session).
+                    self.last_key_answer.remove(&addr);
                     if let Some(i) = i {
                         // In sync again only if its ClientCore gets the WELCOME.
                         self.clients[i].id = id.to_string();

@@ -29,6 +29,9 @@ impl Sim {
         }
         let rec = self.history[k % self.history.len()].clone();
         let src = match s % 8 {
+            // The kernel drops datagrams from a multicast source (a
+            // martian): one recorded on the downlink comes from a stranger.
+            0..=3 if self.is_downlink(rec.addr) => stranger_addr((s >> 3) % STRANGERS),
             0..=3 => rec.addr,
             4..=5 => self.clients[usize::from(s >> 3) % CLIENTS].addr,
             _ => stranger_addr((s >> 3) % STRANGERS),
