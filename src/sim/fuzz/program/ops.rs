@@ -268,6 +268,10 @@ impl Sim {
         let mut d = Vec::new();
         tlv::put(&mut d, outer::COOKIE, &cookie);
         tlv::put(&mut d, outer::SESSION_KEY, &ciphertext);
+        // The HELLO's answer may have made a ClientCore spend the rest.
+        if self.rsa_left == 0 {
+            return;
+        }
         self.rsa_left -= 1;
         let key = (mode & 3 != 3).then(|| FernetKey::from_bytes(&key_bytes));
         self.harness_handshake(i, d, key);

@@ -300,6 +300,10 @@ impl Sim {
         let mut d = Vec::new();
         tlv::put(&mut d, outer::COOKIE, &cookie);
         tlv::put(&mut d, outer::SESSION_KEY2, &ct);
+        // The HELLO's answer may have made a ClientCore spend the rest.
+        if self.rsa_left == 0 {
+            return;
+        }
         self.rsa_left -= 1;
         let joined = self.net.relay.stats().handshakes_completed;
         self.harness_handshake(i, d, Some(FernetKey::from_bytes(&key_bytes)));
