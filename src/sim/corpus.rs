@@ -95,6 +95,39 @@ fn core_seeds_reach_deep_states() {
     assert!(r.reassembled >= 1 && r.messages >= 2, "{r:?}");
 }
 
+/// The v2 seeds must reach group mode: GROUP_DATA opened by members,
+/// rekeys and ratchets, key requests and probes answered, forgeries refused.
+#[test]
+fn core_v2_seeds_reach_group_mode() {
+    let run = |name: &str| {
+        let path = corpus_dir("core").join(name);
+        let data = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        fuzzing::core_report(&data)
+    };
+    let r = run("seed-v2-group");
+    println!("seed-v2-group: {r:?}");
+    assert!(r.group_data >= 4 && r.group_messages >= 4, "{r:?}");
+    assert!(r.rekeys >= 2 && r.ratchets >= 4, "{r:?}");
+    let r = run("seed-v2-kicked");
+    println!("seed-v2-kicked: {r:?}");
+    assert!(
+        r.left >= 2 && r.rekeys >= 2 && r.group_messages >= 3,
+        "{r:?}"
+    );
+    let r = run("seed-v2-downlink");
+    println!("seed-v2-downlink: {r:?}");
+    assert!(r.group_messages >= 4 && r.forgeries_refused >= 6, "{r:?}");
+    let r = run("seed-v2-keys");
+    println!("seed-v2-keys: {r:?}");
+    assert!(r.key_answers >= 1 && r.probes >= 1, "{r:?}");
+    let r = run("seed-v2-named");
+    println!("seed-v2-named: {r:?}");
+    assert!(r.group_messages >= 2 && r.rekeys >= 1, "{r:?}");
+    let r = run("seed-v2-harness");
+    println!("seed-v2-harness: {r:?}");
+    assert!(r.key_answers >= 1 && r.probes >= 1, "{r:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Seed generation
 
@@ -175,6 +208,72 @@ impl Program {
         a.extend_from_slice(tail);
         self.op(12, i, &a)
     }
+    /// Config bytes as [`Program::new`], `b` with its top bit set, then the
+    /// client kinds byte (2 bits per client: 0 v2 pairwise, 1 v1, 2 v2 group).
+    fn v2(a: u8, b: u8, client_max: u8, kinds: [u8; 4]) -> Self {
+        let k = kinds.iter().enumerate().map(|(i, k)| k << (2 * i)).sum();
+        Program(vec![a, b | 0x80, client_max, k])
+    }
+    /// Op 14, v2 op `sub` for client `i`, with the op byte's `flag` bits.
+    fn sub(mut self, sub: u8, i: u8, flag: u8, args: &[u8]) -> Self {
+        self.0.push(14 | (i << 4) | (flag << 6));
+        self.0.push(sub);
+        self.0.extend_from_slice(args);
+        self
+    }
+    fn hold(self, on: bool) -> Self {
+        self.sub(0, 0, u8::from(on), &[])
+    }
+    fn release(self, mask: u8, pattern: &[u8]) -> Self {
+        let mut a = vec![mask, pattern.len() as u8];
+        a.extend_from_slice(pattern);
+        self.sub(1, 0, 0, &a)
+    }
+    /// The next `n` (1..=4) relay datagrams to client i are lost.
+    fn lose(self, i: u8, n: u8) -> Self {
+        self.sub(2, i, n - 1, &[])
+    }
+    /// Variant: 0 bad signature, 1 member-signed, 2 wrong epoch, 3 replay, 4 truncated.
+    fn forge(self, i: u8, variant: u8, k: u8, mask: u8, blob: &[u8]) -> Self {
+        let mut a = vec![variant, k, mask, blob.len() as u8];
+        a.extend_from_slice(blob);
+        self.sub(3, i, 0, &a)
+    }
+    fn timers(self, i: u8) -> Self {
+        self.sub(4, i, 0, &[])
+    }
+    fn leave_group(self, i: u8) -> Self {
+        self.sub(5, i, 0, &[])
+    }
+    fn rejoin(self, i: u8) -> Self {
+        self.sub(6, i, 0, &[])
+    }
+    /// Mode: bits 0–1 BIND (right, wrong, another's, none), 2–3 credential.
+    fn session_key2(self, i: u8, mode: u8, caps: u8, blob: &[u8]) -> Self {
+        let mut a = vec![mode, caps, blob.len() as u8];
+        a.extend_from_slice(blob);
+        self.sub(7, i, 0, &a)
+    }
+    /// Mode: bits 0–1 epoch (current, −1, older, given), bit 2 KEY_REQUEST, bit 3 PROBE.
+    fn request(self, i: u8, mode: u8, epoch: u32) -> Self {
+        let mut a = vec![mode];
+        if mode & 3 == 3 {
+            a.extend_from_slice(&epoch.to_be_bytes());
+        }
+        self.sub(8, i, 0, &a)
+    }
+    fn raw_v2(self, i: u8, flag: u8, kinds: u8, count: u8, value: &[u8]) -> Self {
+        let mut a = vec![kinds, count, value.len() as u8];
+        a.extend_from_slice(value);
+        self.sub(9, i, flag, &a)
+    }
+    /// `v`: bits 0–1 unchanged, k → pub, k removed, k → sub; bits 2–3 k.
+    fn reload(self, none: bool, v: u8) -> Self {
+        self.sub(10, 0, u8::from(none), &[v])
+    }
+    fn churn(self, i: u8) -> Self {
+        self.sub(11, i, 0, &[])
+    }
     /// `chunk.len()` must be a multiple of 4.
     fn fragment(self, i: u8, msg_id: u8, index: u8, count: u8, chunk: &[u8]) -> Self {
         let mut a = vec![msg_id, index, count, (chunk.len() / 4) as u8];
@@ -187,6 +286,186 @@ impl Program {
 /// max clients 1..=4, timeout index (60 s, 5 s, 1 s, 120 ms), access token.
 fn cfg(max_idx: u8, clients: u8, timeout_idx: u8, token: bool) -> u8 {
     max_idx | ((clients - 1) << 3) | (timeout_idx << 5) | if token { 0x80 } else { 0 }
+}
+
+/// Client kinds of [`Program::v2`].
+const PAIR: u8 = 0;
+const V1: u8 = 1;
+const GROUP: u8 = 2;
+/// Config byte `b` bits: group mode granted, a clients table.
+const GROUP_MODE: u8 = 0x10;
+const NAMED: u8 = 0x20;
+
+/// Seeds of the v2 ops and group mode.
+fn core_v2_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "seed-v2-group",
+            // Three members and a v1 client; a fragmented GROUP_DATA, a
+            // leave (rekey), churn (rekey and ratchet), a re-join.
+            Program::v2(
+                cfg(4, 4, 0, false),
+                GROUP_MODE,
+                4,
+                [GROUP, GROUP, GROUP, V1],
+            )
+            .handshake(0)
+            .handshake(1)
+            .handshake(2)
+            .handshake(3)
+            .send(0, 10)
+            .send(3, 20)
+            .send(1, 1500)
+            .bye(2)
+            .send(0, 5)
+            .churn(1)
+            .send(1, 7)
+            .leave_group(0)
+            .send(3, 9)
+            .rejoin(1)
+            .send(1, 3)
+            .0,
+        ),
+        (
+            "seed-v2-kicked",
+            // A kicked member and a timed-out one keep their keys (their
+            // ClientCores do not know): what follows must not open for them.
+            Program::v2(
+                cfg(4, 4, 1, false),
+                GROUP_MODE,
+                4,
+                [GROUP, GROUP, GROUP, PAIR],
+            )
+            .handshake(0)
+            .handshake(1)
+            .handshake(2)
+            .send(0, 41)
+            .kick(2)
+            .send(0, 42)
+            .send(1, 43)
+            .advance_ms(3000)
+            .keepalive(0)
+            .keepalive(1)
+            .advance_ms(3000)
+            .keepalive(0)
+            .advance_ms(3000)
+            .send(0, 44)
+            .0,
+        ),
+        (
+            "seed-v2-downlink",
+            // Group datagrams held, then reordered, duplicated and lost per
+            // member; forgeries and replays of each kind.
+            Program::v2(
+                cfg(4, 4, 0, false),
+                GROUP_MODE,
+                4,
+                [GROUP, GROUP, GROUP, PAIR],
+            )
+            .handshake(0)
+            .handshake(1)
+            .handshake(2)
+            .handshake(3)
+            .hold(true)
+            .send(0, 11)
+            .send(3, 12)
+            .send(1, 13)
+            .release(0b0110, &[2, 0, 0, 1])
+            .send(2, 14)
+            .hold(false)
+            .release(0, &[])
+            .send(0, 15)
+            .forge(0, 0, 0, 0, &[9])
+            .forge(0, 1, 0, 0, b"forged")
+            .forge(0, 2, 1, 0, &[0])
+            .forge(0, 3, 2, 0, &[])
+            .forge(0, 4, 3, 0x10, &[20])
+            .0,
+        ),
+        (
+            "seed-v2-keys",
+            // A member misses its GROUP_KEY, holds what it cannot open and
+            // asks (KEY_REQUEST); a silent newcomer probes the downlink.
+            Program::v2(
+                cfg(4, 4, 0, false),
+                GROUP_MODE,
+                4,
+                [GROUP, GROUP, GROUP, GROUP],
+            )
+            .handshake(0)
+            .handshake(1)
+            .handshake(2)
+            .send(0, 1)
+            .lose(1, 1)
+            .bye(2)
+            .send(0, 2)
+            .send(0, 3)
+            .advance_ms(300)
+            .send(1, 4)
+            .handshake(3)
+            .advance_ms(2100)
+            .advance_ms(600)
+            .timers(3)
+            .advance_ms(1000)
+            .send(3, 5)
+            .0,
+        ),
+        (
+            "seed-v2-named",
+            // alice pubsub, bob pub, carol sub, dave pubsub, all asking for
+            // GROUP; then reloads narrow, revoke and drop the table.
+            Program::v2(
+                cfg(4, 4, 0, false),
+                GROUP_MODE | NAMED,
+                4,
+                [GROUP, GROUP, GROUP, GROUP],
+            )
+            .handshake(0)
+            .handshake(1)
+            .handshake(2)
+            .handshake(3)
+            .send(0, 21)
+            .send(1, 22)
+            .send(2, 23)
+            .reload(false, 1 | (3 << 2))
+            .send(0, 24)
+            .send(3, 25)
+            .reload(false, 2)
+            .send(1, 26)
+            .reload(false, 3 | (1 << 2))
+            .reload(true, 0)
+            .send(3, 27)
+            .0,
+        ),
+        (
+            "seed-v2-harness",
+            // The harness's own v2 sessions: BIND mismatch, no BIND, a
+            // member it drives itself (KEY_REQUESTs, PROBE), a forgery
+            // signed by that member, raw v2 TLVs.
+            Program::v2(
+                cfg(4, 4, 0, false),
+                GROUP_MODE,
+                4,
+                [GROUP, GROUP, PAIR, PAIR],
+            )
+            .handshake(0)
+            .session_key2(1, 0, 3, &[])
+            .session_key2(2, 1, 3, &[5])
+            .session_key2(3, 3, 1, &[])
+            .send(0, 31)
+            .request(1, 4, 0)
+            .request(1, 4 | 1, 0)
+            .advance_ms(1100)
+            .request(1, 4 | 3, 77)
+            .request(1, 8, 0)
+            .request(1, 8, 0)
+            .forge(0, 1, 1, 0, b"as a member")
+            .raw_v2(0, 0, 0, 8, &[1, 2, 3, 4])
+            .raw_v2(2, 1, 4, 3, &[0; 16])
+            .raw_v2(0, 2, 1, 2, &[0xff; 70])
+            .0,
+        ),
+    ]
 }
 
 fn core_seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -463,7 +742,10 @@ fn tlv_seeds() -> Vec<(String, Vec<u8>)> {
             relay.handle_datagram(now, addrs[i], &d, &mut out);
             for (dst, d) in out.iter() {
                 seen.push(d.to_vec());
-                let j = addrs.iter().position(|a| *a == dst).unwrap();
+                // The downlink: these clients ask for GROUP, nobody listens.
+                let Some(j) = addrs.iter().position(|a| *a == dst) else {
+                    continue;
+                };
                 let mut replies = Vec::new();
                 let mut events = Vec::new();
                 clients[j]
@@ -528,7 +810,7 @@ fn generate_seeds() {
     for (name, d) in reassembly_seeds() {
         write("reassembly", name, &d);
     }
-    for (name, d) in core_seeds() {
+    for (name, d) in core_seeds().into_iter().chain(core_v2_seeds()) {
         write("core", name, &d);
     }
 }

@@ -13,8 +13,8 @@ use crate::wire::tlv::{self, Reader};
 use crate::wire::{self, inner, outer, Inner};
 
 use super::{
-    has_type, server_public, stranger_addr, Origin, Sim, BODY_MAGIC, CLIENTS, STRANGERS,
-    TIMER_SLACK, UNIX_START,
+    has_type, server_public, spends_rsa, stranger_addr, Origin, Sim, BODY_MAGIC, CLIENTS,
+    STRANGERS, TIMER_SLACK, UNIX_START,
 };
 
 impl Sim {
@@ -29,6 +29,9 @@ impl Sim {
         }
         let rec = self.history[k % self.history.len()].clone();
         let src = match s % 8 {
+            // The kernel drops datagrams from a multicast source (a
+            // martian): one recorded on the downlink comes from a stranger.
+            0..=3 if self.is_downlink(rec.addr) => stranger_addr((s >> 3) % STRANGERS),
             0..=3 => rec.addr,
             4..=5 => self.clients[usize::from(s >> 3) % CLIENTS].addr,
             _ => stranger_addr((s >> 3) % STRANGERS),
@@ -60,7 +63,7 @@ impl Sim {
             }
         }
         for d in datagrams {
-            if has_type(&d, outer::SESSION_KEY) {
+            if spends_rsa(&d) {
                 if self.rsa_left == 0 {
                     return;
                 }
@@ -111,8 +114,8 @@ impl Sim {
         if !self.clients[i].core.send(&body, &mut datagrams) {
             return;
         }
-        let sender = self.clients[i].id.clone();
-        self.legit.insert((sender.clone(), body.clone()));
+        let sender = self.sender_id(i);
+        self.legit.insert(body.clone(), i);
         let addr = self.clients[i].addr;
         let order: Vec<usize> = match pattern {
             Some(p) if !datagrams.is_empty() => p
@@ -122,12 +125,27 @@ impl Sim {
             Some(_) => Vec::new(),
             None => (0..datagrams.len()).collect(),
         };
-        let expect = pattern.is_none() && self.clients[i].tx_ok && self.fits(i, &datagrams);
+        let may_publish = self.relay_view(addr).is_some_and(|(_, p, _)| p.publish);
+        let expect = pattern.is_none()
+            && self.clients[i].tx_ok
+            && may_publish
+            && self.clients[i].drop_next == 0
+            && self.fits(i, &datagrams);
         let receivers: Vec<usize> = (0..CLIENTS)
-            .filter(|&j| j != i && self.clients[j].rx_ok)
+            .filter(|&j| j != i && self.sure_receiver(j))
             .collect();
+        // If the relay relays it now, only today's members may open it
+        // from the downlink, then or later. Nobody else's membership
+        // changes while the sender's datagrams are handled.
+        let relayed_before = self.net.relay.stats().messages_relayed;
+        let members = self.group_members();
+        self.eligible.insert(body.clone(), members);
         for k in order {
             self.deliver_to_relay(addr, datagrams[k].clone(), Origin::Core(i));
+        }
+        if self.net.relay.stats().messages_relayed == relayed_before {
+            // Not relayed (yet): a replayed fragment may complete it later.
+            self.eligible.remove(&body);
         }
         if expect {
             for j in receivers {
@@ -146,6 +164,28 @@ impl Sim {
         }
     }
 
+    /// Whether a message relayed now must reach client j: its ClientCore
+    /// holds the relay's session there and may subscribe, nothing to it is
+    /// being lost, and a group member has caught up with the group's epoch
+    /// and hears the downlink at once.
+    fn sure_receiver(&self, j: usize) -> bool {
+        let c = &self.clients[j];
+        let Some((mode, perms, _)) = self.relay_view(c.addr) else {
+            return false;
+        };
+        if !c.rx_ok || c.drop_next > 0 || !perms.subscribe {
+            return false;
+        }
+        let epoch = self.net.relay.stats().group_epoch;
+        match (mode == "group", c.core.downlink()) {
+            (false, None) => true,
+            (true, Some(_)) => {
+                !self.downlink_hold && c.core.group_epoch().map(u64::from) == Some(epoch)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the relay must accept these datagrams from client i: a single
     /// unfragmented one, or fragments that fit the reassembly limits.
     pub(super) fn fits(&self, i: usize, datagrams: &[Vec<u8>]) -> bool {
@@ -158,13 +198,13 @@ impl Sim {
         let limits = &self.config.reassembly;
         let chunks: usize = datagrams.iter().map(|d| d.len() - FRAGMENT_OVERHEAD).sum();
         let cost = chunks + datagrams.len() * CHUNK_OVERHEAD;
-        let id = &self.clients[i].id;
+        let addr = self.clients[i].addr;
         let partials = self
             .net
             .relay
             .clients(self.net.now)
             .into_iter()
-            .find(|c| c.id.to_string() == *id)
+            .find(|c| c.id.addr() == addr)
             .map_or(usize::MAX, |c| c.partials);
         partials == 0
             && limits.max_partials_per_owner > 0
@@ -228,11 +268,29 @@ impl Sim {
         let mut d = Vec::new();
         tlv::put(&mut d, outer::COOKIE, &cookie);
         tlv::put(&mut d, outer::SESSION_KEY, &ciphertext);
+        // The HELLO's answer may have made a ClientCore spend the rest.
+        if self.rsa_left == 0 {
+            return;
+        }
         self.rsa_left -= 1;
+        let key = (mode & 3 != 3).then(|| FernetKey::from_bytes(&key_bytes));
+        self.harness_handshake(i, d, key);
+    }
+
+    /// Delivers a harness-built handshake datagram from client i's address;
+    /// `key` (the Fernet key it offers, if known) becomes the crafted key
+    /// when the relay registers it. What the relay sends this address
+    /// meanwhile (the WELCOME) is also tried under it.
+    pub(super) fn harness_handshake(&mut self, i: usize, d: Vec<u8>, key: Option<FernetKey>) {
+        let addr = self.clients[i].addr;
+        self.clients[i].crafted_pending = key;
         let joined_before = self.net.relay.stats().handshakes_completed;
         self.deliver_to_relay(addr, d, Origin::Other);
-        if self.net.relay.stats().handshakes_completed > joined_before && mode & 3 != 3 {
-            self.clients[i].crafted_key = Some(FernetKey::from_bytes(&key_bytes));
+        let c = &mut self.clients[i];
+        let key = c.crafted_pending.take();
+        if self.net.relay.stats().handshakes_completed > joined_before && key.is_some() {
+            c.crafted_key = key;
+            c.crafted_seq = 0;
         }
     }
 
@@ -269,11 +327,11 @@ impl Sim {
         };
         let c = &mut self.clients[i];
         c.tx_ok = false; // the relay's SEQ window for this address moved
-        let sender = c.id.clone();
+        c.crafted_seq = c.crafted_seq.max(seq);
         let addr = c.addr;
         if let Ok(m) = Inner::parse(&plain) {
             if let Some(body) = m.body {
-                self.crafted.insert((sender, body.to_vec()));
+                self.crafted.entry(body.to_vec()).or_default().insert(i);
             }
         }
         let mut d = Vec::new();
@@ -327,6 +385,11 @@ impl Sim {
             >= self.config.reassembly.max_age + TIMER_SLACK
         {
             assert_eq!(self.net.relay.reassembly_bytes(), 0, "stale fragments kept");
+        }
+        // Then the clients' own timers: key requests, probes, a silent
+        // downlink given up.
+        for j in 0..CLIENTS {
+            self.client_timers(j);
         }
     }
 }
