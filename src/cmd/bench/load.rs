@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use mcrelay::ClientEvent;
 use mio::{Events, Interest, Poll, Token};
 
+use super::churn::{self, Churn, Tally};
 use super::hist::Histogram;
 use super::procfs;
 use super::swarm::{self, Client};
@@ -37,6 +38,10 @@ const SENDER_NAP: Duration = Duration::from_micros(200);
 /// What a body starts with: sender index u32, sequence u64, send time u64
 /// (ns since the run's epoch), little-endian.
 pub const STAMP_LEN: usize = 20;
+/// How often a receiver thread runs its clients' timers (key requests for
+/// a held epoch, downlink probes): well under the 250 ms after which a
+/// member asks for a key it missed.
+const TIMERS_EVERY: Duration = Duration::from_millis(10);
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -67,6 +72,9 @@ pub struct Load {
     /// Receivers ask for group mode (protocol v2): one signed multicast
     /// datagram per message for all of them.
     pub group: bool,
+    /// Extra clients joining and leaving while the load runs (`--churn`);
+    /// they ask for group mode when the receivers do.
+    pub churn: Option<Churn>,
 }
 
 /// What one run measured.
@@ -84,8 +92,17 @@ pub struct Outcome {
     pub received_total: u64,
     /// Send-to-receive latency of messages sent in the window (ns).
     pub latency: Histogram,
-    /// Server CPU seconds in the window, when its pid is known.
+    /// Server CPU seconds (user + system) in the window, when its pid is known.
     pub server_cpu: Option<f64>,
+    /// The user part of `server_cpu`: the relay's own code, which group
+    /// mode should keep flat per message whatever the number of receivers.
+    pub server_user: Option<f64>,
+    /// The system part of `server_cpu`: its system calls, including on
+    /// loopback the kernel's copy of each multicast datagram to every
+    /// receiving socket (so it grows with the receivers in group mode too).
+    pub server_system: Option<f64>,
+    /// Churners' joins, leaves and failures in the window (`--churn`).
+    pub churn: Option<Tally>,
     /// This process's CPU seconds in the window.
     pub bench_cpu: f64,
     /// The busiest bench thread's CPU share in the window (1.0 = a core).
@@ -115,6 +132,20 @@ impl Outcome {
             return 0.0;
         }
         self.expected_total.saturating_sub(self.received_total) as f64 / self.expected_total as f64
+    }
+
+    /// Relay user CPU per message sent, in microseconds.
+    pub fn user_us_per_message(&self) -> Option<f64> {
+        self.server_user
+            .filter(|_| self.messages > 0)
+            .map(|u| u * 1e6 / self.messages as f64)
+    }
+
+    /// Relay user CPU per delivery, in nanoseconds.
+    pub fn user_ns_per_delivery(&self) -> Option<f64> {
+        self.server_user
+            .filter(|_| self.deliveries > 0)
+            .map(|u| u * 1e9 / self.deliveries as f64)
     }
 
     /// Deliveries per CPU-second of the relay.
@@ -228,6 +259,26 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         })
         .collect::<Result<_, _>>()?;
 
+    // Churn runs through the warm-up too, so the window sees it steady.
+    let churn_stop = Arc::new(AtomicBool::new(false));
+    let churn_counts = Arc::new(churn::Counts::default());
+    let churner = match &load.churn {
+        None => None,
+        Some(c) => {
+            let c = Churn {
+                group: load.group,
+                ..c.clone()
+            };
+            let (stop, counts) = (churn_stop.clone(), churn_counts.clone());
+            Some(
+                thread::Builder::new()
+                    .name("bench-churn".into())
+                    .spawn(move || churn::run(server, &c, &stop, &counts))
+                    .map_err(|e| format!("cannot start the churn thread: {e}"))?,
+            )
+        }
+    };
+
     let mut progress = Progress::new(load.progress, &shared);
     progress.wait_until(&shared, |_| shared.epoch.elapsed() >= load.warmup);
 
@@ -238,6 +289,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
     let bench0 = procfs::self_cpu().unwrap_or(0.0);
     let threads0 = procfs::self_threads_cpu();
     let machine0 = procfs::machine_busy();
+    let churn0 = churn_counts.tally();
     shared.window_start.store(t0, Relaxed);
     let end = Instant::now() + load.duration;
     progress.wait_until(&shared, |s| match load.messages {
@@ -250,11 +302,16 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
     let bench1 = procfs::self_cpu().unwrap_or(0.0);
     let threads1 = procfs::self_threads_cpu();
     let machine1 = procfs::machine_busy();
+    let churn1 = churn_counts.tally();
     shared.window_end.store(t1, Relaxed);
     shared.stop_senders.store(true, Relaxed);
+    churn_stop.store(true, Relaxed);
     progress.finish();
     for h in senders {
         h.join().map_err(|_| "a sender thread panicked")?;
+    }
+    if let Some(h) = churner {
+        h.join().map_err(|_| "the churn thread panicked")?;
     }
 
     // Drain: what is still in flight gets a moment to arrive.
@@ -279,6 +336,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         messages: sent1 - sent0,
         deliveries: deliv1 - deliv0,
         expected_total: want,
+        churn: load.churn.as_ref().map(|_| churn1.since(&churn0)),
         ..Outcome::default()
     };
     for h in receivers {
@@ -287,7 +345,10 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         out.received_total += r.messages;
         out.dropped += r.dropped;
     }
-    out.server_cpu = server0.zip(server1).map(|(a, b)| b - a);
+    let server = server0.zip(server1).map(|(a, b)| b.since(&a));
+    out.server_cpu = server.map(|c| c.total());
+    out.server_user = server.map(|c| c.user);
+    out.server_system = server.map(|c| c.system);
     out.bench_cpu = bench1 - bench0;
     out.busiest_thread = procfs::busiest_thread(&threads0, &threads1, out.secs);
     out.others_cpu = machine0.zip(machine1).map(|(a, b)| {
@@ -323,6 +384,7 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
     let mut buf = vec![0u8; 65536];
     let (mut out, mut evs) = (Vec::new(), Vec::new());
     let mut keepalive_at = Instant::now() + KEEPALIVE_EVERY;
+    let mut timers_at = Instant::now() + TIMERS_EVERY;
     while !shared.stop_receivers.load(Relaxed) {
         match poll.poll(&mut events, Some(Duration::from_millis(20))) {
             Ok(()) => {}
@@ -384,7 +446,20 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
                 thread::sleep(shared.nap);
             }
         }
-        if Instant::now() >= keepalive_at {
+        let now = Instant::now();
+        if now >= timers_at {
+            // As a real client's loop would: a member that missed a
+            // GROUP_KEY (a rekey under churn) asks for it again.
+            timers_at = now + TIMERS_EVERY;
+            for c in &mut clients {
+                if c.core.poll_timeout().is_some_and(|t| t <= now) {
+                    c.core.handle_timeout(now, &mut out, &mut evs);
+                    c.flush(server, &mut out);
+                    evs.clear();
+                }
+            }
+        }
+        if now >= keepalive_at {
             keepalive_at += KEEPALIVE_EVERY;
             for c in &mut clients {
                 c.core.keepalive(&mut out);

@@ -14,10 +14,53 @@ use mio::{Events, Interest, Poll, Token};
 
 /// How long to wait for an answer before sending HELLO again (as the
 /// blocking client does).
-const RETRY: Duration = Duration::from_millis(700);
+pub const RETRY: Duration = Duration::from_millis(700);
 /// Handshakes in flight at once: enough to keep a relay's RSA busy, few
 /// enough that a burst of SESSION_KEYs does not overflow its socket buffer.
 const PARALLEL: usize = 64;
+/// Receive buffer asked for each client socket (the kernel caps it at
+/// net.core.rmem_max): a receiver thread serving hundreds of sockets may
+/// come back to one only after a burst of rekeys or a closed-loop window
+/// has piled up on it.
+const CLIENT_RCVBUF: usize = 1 << 20;
+
+/// Raises this process's open-file limit to at least `n` (up to the hard
+/// limit); an error says how many the hard limit allows when that is short.
+pub fn ensure_fds(n: usize) -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(()); // unknown: let the sockets say
+    }
+    let want = n as libc::rlim_t;
+    if lim.rlim_cur >= want {
+        return Ok(());
+    }
+    if lim.rlim_max < want {
+        return Err(format!(
+            "the bench needs {n} file descriptors and the hard limit is {} (ulimit -Hn)",
+            lim.rlim_max
+        ));
+    }
+    lim.rlim_cur = want;
+    // SAFETY: setrlimit reads one rlimit we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!(
+            "cannot raise the open-file limit to {n}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Asks for [`CLIENT_RCVBUF`]; a smaller buffer only makes loss likelier,
+/// which the benchmark counts, so a refusal is not an error.
+fn roomy<S: std::os::fd::AsFd>(sock: &S) {
+    let _ = socket2::SockRef::from(sock).set_recv_buffer_size(CLIENT_RCVBUF);
+}
 
 /// One benchmark client.
 pub struct Client {
@@ -62,6 +105,7 @@ pub fn connect(
         .map_or(0, |d| d.as_secs());
     for i in 0..n {
         let mut sock = UdpSocket::bind(bind).map_err(|e| format!("client socket {i}: {e}"))?;
+        roomy(&sock);
         poll.registry()
             .register(&mut sock, Token(i), Interest::READABLE)
             .map_err(|e| format!("poll register: {e}"))?;
@@ -96,13 +140,14 @@ pub fn connect(
 
 /// A non-blocking socket on the downlink's port, joined to its IPv4 group
 /// on loopback (where the bench's relay sends it).
-fn join_downlink(dl: SocketAddr) -> io::Result<UdpSocket> {
+pub fn join_downlink(dl: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let SocketAddr::V4(dl) = dl else {
         return Err(io::Error::other("the bench joins IPv4 downlinks only"));
     };
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
+    roomy(&s);
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, dl.port())).into())?;
     s.join_multicast_v4(dl.ip(), &Ipv4Addr::LOCALHOST)?;
     s.set_nonblocking(true)?;
