@@ -45,6 +45,10 @@ RELAY UNDER TEST:
 
 LOAD:
     --clients N            receiving clients [default: 50]
+    --passive N            of which N only take their datagrams off the socket, unopened:
+                           hundreds of group members without one signature check each
+                           per message in the bench; their datagrams count as
+                           deliveries, loss and latency are the others' [default: 0]
     --senders N            sending clients (they also get each other's messages) [default: 1]
     --body BYTES           message body size, at least 20 [default: 100]
     --duration SECS        measured time per run [default: 5]
@@ -155,6 +159,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
     };
     let mut load = Load {
         clients: opt(&mut args, "--clients")?.unwrap_or(50),
+        passive: opt(&mut args, "--passive")?.unwrap_or(0),
         senders: opt(&mut args, "--senders")?.unwrap_or(1),
         body: opt(&mut args, "--body")?.unwrap_or(100),
         duration: secs(opt(&mut args, "--duration")?, 5.0, "--duration")?,
@@ -242,6 +247,9 @@ fn check(o: &Opts) -> Result<(), String> {
         return Err(
             "--clients, --senders, --threads, --window and --runs must be at least 1".into(),
         );
+    }
+    if l.passive >= l.clients {
+        return Err("--passive must leave at least one of the --clients active".into());
     }
     if l.body < load::STAMP_LEN {
         return Err(format!(
@@ -391,7 +399,15 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, Delivery};
+
+    #[test]
+    fn delivery_modes_parse() {
+        assert_eq!(Delivery::parse(" group"), Ok(Delivery::Group));
+        assert_eq!(Delivery::parse("per-recipient"), Ok(Delivery::PerRecipient));
+        assert!(Delivery::parse("unicast").is_err());
+        assert_eq!(Delivery::Group.name(), "group");
+    }
 
     #[test]
     fn medians() {

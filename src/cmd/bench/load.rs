@@ -48,6 +48,13 @@ const TIMERS_EVERY: Duration = Duration::from_millis(10);
 pub struct Load {
     /// Receiving clients.
     pub clients: usize,
+    /// How many of them are passive: they take what they are sent off
+    /// their sockets without opening it (no signature check, no decryption),
+    /// so the relay can be driven to hundreds of group members without the
+    /// bench's own signature checks (one per member per message) saturating
+    /// the machine. Their datagrams count as deliveries; loss and latency
+    /// are the others'.
+    pub passive: usize,
     /// Sending clients (they receive each other's messages too).
     pub senders: usize,
     /// Message body size in bytes (at least [`STAMP_LEN`]).
@@ -113,6 +120,13 @@ pub struct Outcome {
     /// Datagrams the receivers' client cores refused (bad, replayed or
     /// reflected): anything but 0 means the relay sent something wrong.
     pub dropped: u64,
+    /// Group datagrams the receivers held for a key they did not have yet
+    /// (a rekey's GROUP_KEY still on its way): released or lost later.
+    pub held: u64,
+    /// Group datagrams lost because a receiver's hold queue was full.
+    pub hold_full: u64,
+    /// KEY_REQUESTs the receivers sent for a key that did not come.
+    pub key_requests: u64,
 }
 
 impl Outcome {
@@ -171,6 +185,8 @@ struct Shared {
     sent: Vec<AtomicU64>,
     /// Per receiver thread: deliveries; per sender: datagrams from the other senders.
     delivered: Vec<AtomicU64>,
+    /// Per receiver thread: datagrams its passive receivers took.
+    passive: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -187,7 +203,8 @@ impl Shared {
     }
 
     fn delivered(&self) -> u64 {
-        self.delivered.iter().map(|s| s.load(Relaxed)).sum()
+        let passive: u64 = self.passive.iter().map(|s| s.load(Relaxed)).sum();
+        self.delivered.iter().map(|s| s.load(Relaxed)).sum::<u64>() + passive
     }
 
     /// What the receiver threads (not the senders) got.
@@ -200,10 +217,14 @@ impl Shared {
 }
 
 /// What a receiver thread hands back.
+#[derive(Default)]
 struct Received {
     latency: Histogram,
     messages: u64,
     dropped: u64,
+    held: u64,
+    hold_full: u64,
+    key_requests: u64,
 }
 
 /// Connects the clients to `server`, runs the load, and returns the
@@ -214,6 +235,10 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
     let group = if load.group { load.clients } else { 0 };
     let mut clients = swarm::connect(server, total, group, within)?;
     let senders: Vec<Client> = clients.drain(load.clients..).collect();
+    let active = load.clients - load.passive;
+    for c in &mut clients[active..] {
+        c.passive = true;
+    }
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         nap: load.nap,
@@ -228,6 +253,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         delivered: (0..load.threads + load.senders)
             .map(|_| AtomicU64::new(0))
             .collect(),
+        passive: (0..load.threads).map(|_| AtomicU64::new(0)).collect(),
     });
 
     let threads = load.threads.clamp(1, load.clients.max(1));
@@ -315,7 +341,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
     }
 
     // Drain: what is still in flight gets a moment to arrive.
-    let want = shared.sent() * load.clients as u64;
+    let want = shared.sent() * active as u64;
     let mut last = (shared.received(threads), Instant::now());
     let drain_end = Instant::now() + Duration::from_secs(3);
     while Instant::now() < drain_end {
@@ -344,6 +370,9 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         out.latency.merge(&r.latency);
         out.received_total += r.messages;
         out.dropped += r.dropped;
+        out.held += r.held;
+        out.hold_full += r.hold_full;
+        out.key_requests += r.key_requests;
     }
     let server = server0.zip(server1).map(|(a, b)| b.since(&a));
     out.server_cpu = server.map(|c| c.total());
@@ -361,11 +390,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
 /// A receiver thread: decrypts every datagram of its clients, records
 /// latency and tells the senders which messages arrived.
 fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shared) -> Received {
-    let mut r = Received {
-        latency: Histogram::default(),
-        messages: 0,
-        dropped: 0,
-    };
+    let mut r = Received::default();
     let Ok(mut poll) = Poll::new() else {
         return r;
     };
@@ -393,48 +418,14 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
         }
         let mut got = 0u64;
         for ev in events.iter() {
-            let (i, downlink) = (ev.token().0 % n, ev.token().0 >= n);
-            let c = &mut clients[i];
-            loop {
-                let sock = match (&c.down, downlink) {
-                    (Some(d), true) => d,
-                    _ => &c.sock,
-                };
-                let (len, from) = match sock.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => continue,
-                };
-                if downlink {
-                    // Anyone may send there: the core checks the signature.
-                    c.core
-                        .handle_downlink(Instant::now(), from, &buf[..len], &mut evs);
-                } else if from == server {
-                    let _ = c
-                        .core
-                        .handle_datagram(Instant::now(), &buf[..len], &mut out, &mut evs);
-                    out.clear();
-                } else {
-                    continue;
-                }
-                for e in evs.drain(..) {
-                    let ClientEvent::Message { body, .. } = e else {
-                        continue;
-                    };
-                    let Some((sender, seq, sent_at)) = parse_stamp(&body) else {
-                        continue;
-                    };
-                    let Some(acks) = shared.acks.get(sender) else {
-                        continue;
-                    };
-                    let now = shared.now_ns();
-                    if shared.in_window(sent_at) {
-                        r.latency.record(now.saturating_sub(sent_at));
-                    }
-                    acks[seq as usize % RING].fetch_add(1, Relaxed);
-                    got += 1;
-                }
+            // Either socket's event reads both, the session socket first.
+            let c = &mut clients[ev.token().0 % n];
+            if c.passive {
+                let taken = take_all(c, &mut buf);
+                shared.passive[t].fetch_add(taken, Relaxed);
+                continue;
             }
+            got += read_client(c, server, &mut buf, &mut out, &mut evs, shared, &mut r);
         }
         if got > 0 {
             r.messages += got;
@@ -468,6 +459,12 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
         }
     }
     r.dropped = clients.iter().map(|c| c.core.dropped).sum();
+    for c in &clients {
+        let d = c.core.downlink_stats();
+        r.held += d.held;
+        r.hold_full += d.hold_full;
+        r.key_requests += d.key_requests;
+    }
     // Leave, so a relay that outlives the run (--target) does not keep
     // relaying to these clients until they time out.
     for c in &mut clients {
@@ -475,6 +472,108 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
         c.flush(server, &mut out);
     }
     r
+}
+
+/// Reads what waits on a client's sockets: the session socket, then the
+/// downlink until a datagram is held for a key not yet known, then the
+/// session socket again (where that key comes, a GROUP_KEY sent before the
+/// datagrams it opens), and so on until both are empty. Draining the
+/// downlink first would hold every datagram sent after a rekey until the
+/// next wakeup, and overflow the member's hold queue after a stall.
+/// Returns the messages delivered.
+fn read_client(
+    c: &mut Client,
+    server: SocketAddr,
+    buf: &mut [u8],
+    out: &mut Vec<Vec<u8>>,
+    evs: &mut Vec<ClientEvent>,
+    shared: &Shared,
+    r: &mut Received,
+) -> u64 {
+    let mut got = 0;
+    loop {
+        while let Some((len, from)) = recv(&c.sock, buf) {
+            if from == server {
+                let _ = c
+                    .core
+                    .handle_datagram(Instant::now(), &buf[..len], out, evs);
+                out.clear();
+                got += deliver(evs, shared, r);
+            }
+        }
+        let Some(down) = &c.down else { break };
+        let held = c.core.downlink_stats().held;
+        let mut again = false;
+        while let Some((len, from)) = recv(down, buf) {
+            // Anyone may send there: the core checks the signature.
+            c.core
+                .handle_downlink(Instant::now(), from, &buf[..len], evs);
+            got += deliver(evs, shared, r);
+            if c.core.downlink_stats().held > held {
+                again = true;
+                break;
+            }
+        }
+        if !again {
+            break;
+        }
+    }
+    got
+}
+
+/// A passive receiver's turn: everything on both sockets taken off,
+/// unopened. Returns the datagrams taken.
+fn take_all(c: &Client, buf: &mut [u8]) -> u64 {
+    let mut n = 0;
+    while recv(&c.sock, buf).is_some() {
+        n += 1;
+    }
+    if let Some(d) = &c.down {
+        while recv(d, buf).is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// One datagram from a non-blocking socket; None when it is empty (or
+/// keeps failing).
+fn recv(sock: &mio::net::UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    let mut tries = 0;
+    loop {
+        match sock.recv_from(buf) {
+            Ok(x) => return Some(x),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            // Interrupted, or a pending error (each is reported once):
+            // what follows it is still to be read, edge-triggered.
+            Err(_) if tries < 8 => tries += 1,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Records the messages among `evs` (latency, acks for the senders) and
+/// empties it; returns how many there were.
+fn deliver(evs: &mut Vec<ClientEvent>, shared: &Shared, r: &mut Received) -> u64 {
+    let mut got = 0;
+    for e in evs.drain(..) {
+        let ClientEvent::Message { body, .. } = e else {
+            continue;
+        };
+        let Some((sender, seq, sent_at)) = parse_stamp(&body) else {
+            continue;
+        };
+        let Some(acks) = shared.acks.get(sender) else {
+            continue;
+        };
+        let now = shared.now_ns();
+        if shared.in_window(sent_at) {
+            r.latency.record(now.saturating_sub(sent_at));
+        }
+        acks[seq as usize % RING].fetch_add(1, Relaxed);
+        got += 1;
+    }
+    got
 }
 
 /// The sender index, sequence number and send time stamped into a body.
@@ -508,7 +607,7 @@ fn send(s: usize, mut client: Client, server: SocketAddr, load: &Load, shared: &
         let now = shared.now_ns();
         while oldest < seq {
             let slot = &acks[oldest as usize % RING];
-            let done = slot.load(Relaxed) as usize >= load.clients;
+            let done = slot.load(Relaxed) as usize >= load.clients - load.passive;
             if done || now.saturating_sub(sent_at[oldest as usize % RING]) > lost_after {
                 slot.store(0, Relaxed);
                 oldest += 1;

@@ -32,13 +32,16 @@ enum Fmt {
 }
 
 /// Every metric of a run: JSON key, text label, format.
-const METRICS: [(&str, &str, Fmt); 26] = [
+const METRICS: [(&str, &str, Fmt); 29] = [
     ("deliveries_per_s", "deliveries/s", Fmt::Count),
     ("messages_per_s", "messages/s", Fmt::Count),
     ("loss", "loss", Fmt::Loss),
     ("lost", "  deliveries lost", Fmt::Count),
     ("expected", "  deliveries expected", Fmt::Count),
     ("client_drops", "  datagrams clients refused", Fmt::Count),
+    ("group_held", "  group datagrams held for a key", Fmt::Count),
+    ("group_hold_full", "  lost to a full hold queue", Fmt::Count),
+    ("key_requests", "  key requests", Fmt::Count),
     ("latency_p50_ns", "latency p50", Fmt::Micros),
     ("latency_p99_ns", "latency p99", Fmt::Micros),
     ("latency_p999_ns", "latency p99.9", Fmt::Micros),
@@ -92,6 +95,9 @@ fn values(o: &Outcome, limit: Option<&Limit>) -> Vec<Option<f64>> {
         Some(o.expected_total.saturating_sub(o.received_total) as f64),
         Some(o.expected_total as f64),
         Some(o.dropped as f64),
+        Some(o.held as f64),
+        Some(o.hold_full as f64),
+        Some(o.key_requests as f64),
         q(0.5),
         q(0.99),
         q(0.999),
@@ -200,9 +206,14 @@ fn describe(o: &Opts) -> String {
         )
     });
     format!(
-        "{} sender(s) -> {} clients, {}-byte bodies, {mode}, {span} measured after {} s warm-up, {} receiver threads{churn}, median of {} run(s)",
+        "{} sender(s) -> {} clients{}, {}-byte bodies, {mode}, {span} measured after {} s warm-up, {} receiver threads{churn}, median of {} run(s)",
         l.senders,
         l.clients,
+        if l.passive > 0 {
+            format!(" ({} passive)", l.passive)
+        } else {
+            String::new()
+        },
         l.body,
         l.warmup.as_secs_f64(),
         l.threads,
@@ -241,6 +252,7 @@ pub fn relay(o: &Opts, variants: &[Variant], results: &[Vec<Outcome>], limit: Op
         let obj = Obj::new()
             .str("mode", "relay")
             .num("clients", l.clients as f64)
+            .num("passive", l.passive as f64)
             .num("senders", l.senders as f64)
             .num("body_bytes", l.body as f64)
             .str("loop", if l.rate.is_some() { "open" } else { "closed" })

@@ -18,6 +18,14 @@ pub const RETRY: Duration = Duration::from_millis(700);
 /// Handshakes in flight at once: enough to keep a relay's RSA busy, few
 /// enough that a burst of SESSION_KEYs does not overflow its socket buffer.
 const PARALLEL: usize = 64;
+/// Handshakes in flight at once when they ask for group mode. Each join
+/// moves the group key one ratchet step, and a member follows at most 8
+/// steps at a time (from the PEER_JOINED notices on its downlink, which it
+/// opens on WELCOME): with more joins completing before a new member's
+/// downlink is open, it would miss more steps, hold every later message and
+/// have to ask for the key. Fewer than 8 in flight keep each new member
+/// within reach of the ratchet.
+const PARALLEL_GROUP: usize = 6;
 /// Receive buffer asked for each client socket (the kernel caps it at
 /// net.core.rmem_max): a receiver thread serving hundreds of sockets may
 /// come back to one only after a burst of rekeys or a closed-loop window
@@ -72,6 +80,9 @@ pub struct Client {
     pub down: Option<UdpSocket>,
     /// Its protocol state.
     pub core: ClientCore,
+    /// A passive receiver only takes datagrams off its sockets, unopened
+    /// (`--passive`).
+    pub passive: bool,
 }
 
 impl Client {
@@ -112,6 +123,7 @@ pub fn connect(
         clients.push(Client {
             sock,
             down: None,
+            passive: false,
             core: ClientCore::new(
                 // Without group mode each client reads its own socket
                 // (per-recipient delivery); with it, also its downlink.
@@ -125,16 +137,14 @@ pub fn connect(
             ),
         });
     }
-    let result = handshake_all(&mut poll, &mut clients, server, within);
+    let result = handshake_all(&mut poll, &mut clients, server, group > 0, within);
     for c in &mut clients {
         let _ = poll.registry().deregister(&mut c.sock);
-    }
-    result?;
-    for (i, c) in clients.iter_mut().enumerate() {
-        if let Some(dl) = c.core.downlink() {
-            c.down = Some(join_downlink(dl).map_err(|e| format!("client {i} downlink {dl}: {e}"))?);
+        if let Some(d) = c.down.as_mut() {
+            let _ = poll.registry().deregister(d);
         }
     }
+    result?;
     Ok(clients)
 }
 
@@ -158,6 +168,7 @@ fn handshake_all(
     poll: &mut Poll,
     clients: &mut [Client],
     server: SocketAddr,
+    group: bool,
     within: Duration,
 ) -> Result<(), String> {
     let end = Instant::now() + within;
@@ -174,6 +185,7 @@ fn handshake_all(
     let mut out = Vec::new();
     let mut evs = Vec::new();
     let mut buf = vec![0u8; 65536];
+    let n = clients.len();
     let hello = |c: &mut Client, retry: &mut Option<Instant>, tries: &mut u32| {
         let h = c.core.hello();
         let _ = c.sock.send_to(&h, server);
@@ -188,7 +200,8 @@ fn handshake_all(
                 clients.len()
             ));
         }
-        while in_flight < PARALLEL {
+        let parallel = if group { PARALLEL_GROUP } else { PARALLEL };
+        while in_flight < parallel {
             let Some(i) = waiting.pop_front() else { break };
             hello(&mut clients[i], &mut retry_at[i], &mut tries[i]);
             in_flight += 1;
@@ -204,8 +217,24 @@ fn handshake_all(
             Err(e) => return Err(format!("poll: {e}")),
         }
         for ev in events.iter() {
-            let i = ev.token().0;
+            let (i, downlink) = (ev.token().0 % n, ev.token().0 >= n);
             let c = &mut clients[i];
+            if downlink {
+                // The PEER_JOINED of each later join: a member follows the
+                // join ratchet from it, as a real client that opened its
+                // downlink on WELCOME would. One that missed more joins
+                // than a member ratchets over would hold the first
+                // messages and ask for the key.
+                while let Some(d) = &c.down {
+                    let Ok((len, from)) = d.recv_from(&mut buf) else {
+                        break;
+                    };
+                    c.core
+                        .handle_downlink(Instant::now(), from, &buf[..len], &mut evs);
+                    evs.clear();
+                }
+                continue;
+            }
             loop {
                 let (n, from) = match c.sock.recv_from(&mut buf) {
                     Ok(x) => x,
@@ -226,6 +255,14 @@ fn handshake_all(
                             retry_at[i] = None;
                             in_flight -= 1;
                             done += 1;
+                            if let Some(dl) = c.core.downlink() {
+                                let mut d = join_downlink(dl)
+                                    .map_err(|e| format!("client {i} downlink {dl}: {e}"))?;
+                                poll.registry()
+                                    .register(&mut d, Token(n + i), Interest::READABLE)
+                                    .map_err(|e| format!("poll register: {e}"))?;
+                                c.down = Some(d);
+                            }
                         }
                         ClientEvent::Rejected(
                             RejectReason::BadCookie | RejectReason::UnknownSession,
