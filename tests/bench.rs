@@ -81,6 +81,114 @@ fn group_mode_delivers_through_the_downlink() {
     assert!(number(&json, "loss") < 0.5, "most messages arrive: {json}");
 }
 
+/// Both delivery modes in one run, side by side, with clients joining and
+/// leaving meanwhile: each column reports the relay's user and system CPU
+/// apart, and the churn's joins and leaves; the stable receivers lose
+/// (almost) nothing.
+#[test]
+fn modes_side_by_side_with_churn() {
+    let (ok, json, err) = bench(&[
+        "--compare-modes",
+        "--churn",
+        "20",
+        "--churn-stay",
+        "0.2",
+        "--clients",
+        "3",
+        "--runs",
+        "1",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--no-limit",
+    ]);
+    assert!(ok, "{err}");
+    let per = json
+        .find("\"delivery\":\"per-recipient\"")
+        .unwrap_or_else(|| panic!("{json}"));
+    let group = json
+        .find("\"delivery\":\"group\"")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert!(per < group, "{json}");
+    for column in [&json[per..group], &json[group..]] {
+        assert!(number(column, "deliveries_per_s") > 0.0, "{column}");
+        assert!(number(column, "server_user_cpu_s") >= 0.0, "{column}");
+        assert!(number(column, "server_system_cpu_s") >= 0.0, "{column}");
+        assert!(number(column, "server_cpu_s") >= 0.0, "{column}");
+        assert!(
+            number(column, "churn_joins") > 0.0,
+            "churners joined: {column}"
+        );
+        assert!(
+            number(column, "churn_leaves") > 0.0,
+            "churners left: {column}"
+        );
+        assert!(number(column, "loss") < 0.5, "{column}");
+    }
+    assert_eq!(number(&json, "churn_rate"), 20.0, "{json}");
+}
+
+/// Every flag the parser knows is documented in --help, and the help
+/// names nothing the parser refuses.
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mcrelay"))
+        .args(["bench", "--help"])
+        .output()
+        .expect("run mcrelay bench --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let flags = [
+        "--target",
+        "--server-pid",
+        "--server-exe",
+        "--server-arg",
+        "--clients",
+        "--passive",
+        "--senders",
+        "--body",
+        "--duration",
+        "--messages",
+        "--warmup",
+        "--window",
+        "--rate",
+        "--threads",
+        "--nap-us",
+        "--runs",
+        "--group-mode",
+        "--modes",
+        "--compare-modes",
+        "--churn",
+        "--churn-stay",
+        "--limit",
+        "--footprint",
+        "--limit-secs",
+        "--no-limit",
+        "--footprint-clients",
+        "--json",
+        "--quiet",
+    ];
+    for f in flags {
+        assert!(
+            help.lines().any(|l| l.split_whitespace().any(|w| w == f)),
+            "{f} is not documented:\n{help}"
+        );
+    }
+    let documented = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches([',', ';', ')', '.']))
+        .filter(|w| {
+            w.chars()
+                .skip(2)
+                .all(|c| c.is_ascii_lowercase() || c == '-')
+        });
+    for f in documented {
+        assert!(flags.contains(&f), "{f} in --help is not a bench flag");
+    }
+}
+
 #[test]
 fn open_loop_keeps_its_rate() {
     let (ok, json, err) = bench(&[
@@ -130,4 +238,13 @@ fn bad_flags_are_refused() {
     assert!(!ok && err.contains("--body 4 is too small"), "{err}");
     let (ok, _, err) = bench(&["--target", "127.0.0.1:1", "--server-exe", "x"]);
     assert!(!ok && err.contains("exclude each other"), "{err}");
+    let (ok, _, err) = bench(&["--modes", "group,unicast"]);
+    assert!(
+        !ok && err.contains("'unicast' is not a delivery mode"),
+        "{err}"
+    );
+    let (ok, _, err) = bench(&["--group-mode", "--compare-modes"]);
+    assert!(!ok && err.contains("exclude each other"), "{err}");
+    let (ok, _, err) = bench(&["--churn", "0"]);
+    assert!(!ok && err.contains("--churn must be"), "{err}");
 }

@@ -10,6 +10,7 @@
 //! for a slow relay.
 
 mod child;
+mod churn;
 mod federation;
 mod footprint;
 mod hist;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use super::{finish, many, opt};
 use child::Relay;
+use churn::Churn;
 use load::{Load, Outcome};
 
 const HELP: &str = "\
@@ -47,6 +49,10 @@ RELAY UNDER TEST:
 
 LOAD:
     --clients N            receiving clients [default: 50]
+    --passive N            of which N only take their datagrams off the socket, unopened:
+                           hundreds of group members without one signature check each
+                           per message in the bench; their datagrams count as
+                           deliveries, loss and latency are the others' [default: 0]
     --senders N            sending clients (they also get each other's messages) [default: 1]
     --body BYTES           message body size, at least 20 [default: 100]
     --duration SECS        measured time per run [default: 5]
@@ -58,10 +64,21 @@ LOAD:
     --nap-us N             a receiver thread that got datagrams sleeps this long before
                            polling again, so it is woken once per burst (0: every time)
                            [default: 100]
-    --runs N               runs per relay; medians are reported [default: 3]
+    --runs N               runs per relay and mode; medians are reported [default: 3]
     --group-mode           receivers ask for group mode (protocol v2): one signed
                            multicast datagram per message for all of them, on
-                           loopback (the senders are served one by one)
+                           loopback (the senders are served one by one);
+                           the same as --modes group
+    --modes LIST           delivery modes to measure, comma-separated: per-recipient
+                           (one sealed datagram per receiver), group; with both,
+                           runs alternate between them on the same binary and the
+                           medians are shown side by side [default: per-recipient]
+    --compare-modes        the same as --modes per-recipient,group
+    --churn RATE           extra clients join and leave at RATE a second during the run
+                           (warm-up included): each completes a handshake (in group
+                           mode when the receivers are), stays --churn-stay, sends
+                           BYE; loss counts the stable receivers only
+    --churn-stay SECS      how long each churner stays [default: 0.5]
 
 LIMIT AND FOOTPRINT:
     --limit-secs SECS      length of each limit loop [default: 1]
@@ -77,12 +94,43 @@ OUTPUT:
 /// and long enough to gather a burst of a 50-client fan-out.
 const DEFAULT_NAP_US: u64 = 100;
 
+/// The two ways the relay can deliver a message to the receivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// One datagram sealed for each receiver's session (protocol v1 or v2
+    /// without group mode).
+    PerRecipient,
+    /// One signed GROUP_DATA multicast on the downlink for all of them.
+    Group,
+}
+
+impl Delivery {
+    fn name(self) -> &'static str {
+        match self {
+            Delivery::PerRecipient => "per-recipient",
+            Delivery::Group => "group",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Delivery, String> {
+        match s.trim() {
+            "per-recipient" => Ok(Delivery::PerRecipient),
+            "group" => Ok(Delivery::Group),
+            m => Err(format!(
+                "--modes: '{m}' is not a delivery mode (per-recipient, group)"
+            )),
+        }
+    }
+}
+
 /// Parsed `bench` flags.
 struct Opts {
     target: Option<SocketAddr>,
     server_pid: Option<u32>,
     exes: Vec<PathBuf>,
     server_args: Vec<String>,
+    /// Delivery modes, each measured on every binary (runs alternate).
+    modes: Vec<Delivery>,
     load: Load,
     runs: usize,
     limit_secs: f64,
@@ -116,8 +164,9 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         Duration::try_from_secs_f64(v)
             .map_err(|_| format!("{name} {v} is not a duration in seconds"))
     };
-    let load = Load {
+    let mut load = Load {
         clients: opt(&mut args, "--clients")?.unwrap_or(50),
+        passive: opt(&mut args, "--passive")?.unwrap_or(0),
         senders: opt(&mut args, "--senders")?.unwrap_or(1),
         body: opt(&mut args, "--body")?.unwrap_or(100),
         duration: secs(opt(&mut args, "--duration")?, 5.0, "--duration")?,
@@ -128,13 +177,44 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), String> {
         threads: opt(&mut args, "--threads")?.unwrap_or(2),
         nap: Duration::from_micros(opt(&mut args, "--nap-us")?.unwrap_or(DEFAULT_NAP_US)),
         progress: true,
-        group: args.contains("--group-mode"),
+        group: false,
+        churn: None,
     };
+    let group_mode = args.contains("--group-mode");
+    let compare = args.contains("--compare-modes");
+    let modes: Option<String> = opt(&mut args, "--modes")?;
+    let modes = match (modes, compare, group_mode) {
+        (None, false, false) => vec![Delivery::PerRecipient],
+        (None, false, true) => vec![Delivery::Group],
+        (None, true, false) => vec![Delivery::PerRecipient, Delivery::Group],
+        (Some(m), false, false) => {
+            let mut v = Vec::new();
+            for d in m.split(',').map(Delivery::parse) {
+                let d = d?;
+                if !v.contains(&d) {
+                    v.push(d);
+                }
+            }
+            v
+        }
+        _ => return Err("--modes, --compare-modes and --group-mode exclude each other".into()),
+    };
+    let churn: Option<f64> = opt(&mut args, "--churn")?;
+    let stay = secs(opt(&mut args, "--churn-stay")?, 0.5, "--churn-stay")?;
+    if churn.is_some_and(|r| !(r > 0.0 && r.is_finite() && r <= 10_000.0)) {
+        return Err("--churn must be a rate above 0 and at most 10000 a second".into());
+    }
+    load.churn = churn.map(|rate| Churn {
+        rate,
+        stay,
+        group: false,
+    });
     let mut o = Opts {
         target,
         server_pid: opt(&mut args, "--server-pid")?,
         exes: many(&mut args, "--server-exe")?,
         server_args: many(&mut args, "--server-arg")?,
+        modes,
         runs: opt(&mut args, "--runs")?.unwrap_or(3),
         limit_secs: secs(opt(&mut args, "--limit-secs")?, 1.0, "--limit-secs")?.as_secs_f64(),
         no_limit: args.contains("--no-limit"),
@@ -175,6 +255,9 @@ fn check(o: &Opts) -> Result<(), String> {
             "--clients, --senders, --threads, --window and --runs must be at least 1".into(),
         );
     }
+    if l.passive >= l.clients {
+        return Err("--passive must leave at least one of the --clients active".into());
+    }
     if l.body < load::STAMP_LEN {
         return Err(format!(
             "--body {} is too small: the send time stamp needs {} bytes",
@@ -194,23 +277,67 @@ fn check(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// The relay benchmark: every run of every binary, then the limit.
-fn relay(o: &Opts) -> Result<(), String> {
-    let names: Vec<String> = match o.target {
+/// One column of the report: a relay (binary or target) in one delivery mode.
+pub struct Variant {
+    /// The binary started, or the target's address.
+    pub server: String,
+    /// Delivery mode.
+    delivery: Delivery,
+    /// The column's heading.
+    pub label: String,
+}
+
+impl Variant {
+    /// The delivery mode's name, as `--modes` spells it.
+    pub fn delivery(&self) -> &'static str {
+        self.delivery.name()
+    }
+}
+
+/// Every (relay, mode) pair, in the order runs alternate between them.
+fn variants(o: &Opts) -> Result<Vec<Variant>, String> {
+    let servers: Vec<String> = match o.target {
         Some(t) => vec![t.to_string()],
         None if o.exes.is_empty() => vec![child::resolve_exe(None)?.display().to_string()],
         None => o.exes.iter().map(|e| e.display().to_string()).collect(),
     };
-    let mut results: Vec<Vec<Outcome>> = vec![Vec::new(); names.len()];
+    let mut v = Vec::new();
+    for s in &servers {
+        for &d in &o.modes {
+            let label = match (servers.len(), o.modes.len()) {
+                (1, 1) if d == Delivery::Group => format!("{s} (group)"),
+                (1, 1) => s.clone(),
+                (1, _) => d.name().to_string(),
+                _ => format!("{s} ({})", d.name()),
+            };
+            v.push(Variant {
+                server: s.clone(),
+                delivery: d,
+                label,
+            });
+        }
+    }
+    Ok(v)
+}
+
+/// The relay benchmark: every run of every binary in every mode, then the limit.
+fn relay(o: &Opts) -> Result<(), String> {
+    let variants = variants(o)?;
+    swarm::ensure_fds(fds_needed(o))?;
+    let mut results: Vec<Vec<Outcome>> = vec![Vec::new(); variants.len()];
     for run in 0..o.runs {
-        // Alternating binaries within each round spreads the machine's
-        // drift (other work, thermal state) evenly over them.
-        for (i, name) in names.iter().enumerate() {
+        // Alternating binaries and modes within each round spreads the
+        // machine's drift (other work, thermal state) evenly over them.
+        for (i, v) in variants.iter().enumerate() {
+            let load = Load {
+                group: v.delivery == Delivery::Group,
+                ..o.load.clone()
+            };
             let out = match o.target {
-                Some(t) => load::run(t, o.server_pid, &o.load)?,
+                Some(t) => load::run(t, o.server_pid, &load)?,
                 None => {
-                    let relay = Relay::start(&PathBuf::from(name), &relay_args(o))?;
-                    let r = load::run(relay.addr, Some(relay.pid), &o.load)
+                    let relay = Relay::start(&PathBuf::from(&v.server), &relay_args(o))?;
+                    let r = load::run(relay.addr, Some(relay.pid), &load)
                         .map_err(|e| format!("{e}\nrelay log:\n{}", relay.log_tail()));
                     relay.stop();
                     r?
@@ -218,9 +345,10 @@ fn relay(o: &Opts) -> Result<(), String> {
             };
             if o.load.progress {
                 eprintln!(
-                    "run {}/{} {name}: {}",
+                    "run {}/{} {}: {}",
                     run + 1,
                     o.runs,
+                    v.label,
                     report::one_line(&out)
                 );
             }
@@ -238,13 +366,25 @@ fn relay(o: &Opts) -> Result<(), String> {
             o.load.nap,
         )?)
     };
-    report::relay(o, &names, &results, limit.as_ref());
+    report::relay(o, &variants, &results, limit.as_ref());
     Ok(())
+}
+
+/// Clients the relay may hold at once: receivers, senders and churners.
+fn population(o: &Opts) -> usize {
+    let churners = o.load.churn.as_ref().map_or(0, Churn::population);
+    o.load.clients + o.load.senders + churners
+}
+
+/// File descriptors the bench may hold at once: a socket per client, a
+/// downlink socket per group member, the poll instances, the relay's pipe.
+fn fds_needed(o: &Opts) -> usize {
+    2 * population(o) + 64
 }
 
 /// Flags for a started relay: generous limits plus the user's own.
 fn relay_args(o: &Opts) -> Vec<String> {
-    let mut a = child::generous_args(o.load.clients + o.load.senders);
+    let mut a = child::generous_args(population(o));
     a.extend(o.server_args.iter().cloned());
     a
 }
@@ -266,7 +406,15 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, Delivery};
+
+    #[test]
+    fn delivery_modes_parse() {
+        assert_eq!(Delivery::parse(" group"), Ok(Delivery::Group));
+        assert_eq!(Delivery::parse("per-recipient"), Ok(Delivery::PerRecipient));
+        assert!(Delivery::parse("unicast").is_err());
+        assert_eq!(Delivery::Group.name(), "group");
+    }
 
     #[test]
     fn medians() {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use mcrelay::ClientEvent;
 use mio::{Events, Interest, Poll, Token};
 
+use super::churn::{self, Churn, Tally};
 use super::hist::Histogram;
 use super::procfs;
 use super::swarm::{self, Client};
@@ -37,12 +38,23 @@ const SENDER_NAP: Duration = Duration::from_micros(200);
 /// What a body starts with: sender index u32, sequence u64, send time u64
 /// (ns since the run's epoch), little-endian.
 pub const STAMP_LEN: usize = 20;
+/// How often a receiver thread runs its clients' timers (key requests for
+/// a held epoch, downlink probes): well under the 250 ms after which a
+/// member asks for a key it missed.
+const TIMERS_EVERY: Duration = Duration::from_millis(10);
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Load {
     /// Receiving clients.
     pub clients: usize,
+    /// How many of them are passive: they take what they are sent off
+    /// their sockets without opening it (no signature check, no decryption),
+    /// so the relay can be driven to hundreds of group members without the
+    /// bench's own signature checks (one per member per message) saturating
+    /// the machine. Their datagrams count as deliveries; loss and latency
+    /// are the others'.
+    pub passive: usize,
     /// Sending clients (they receive each other's messages too).
     pub senders: usize,
     /// Message body size in bytes (at least [`STAMP_LEN`]).
@@ -67,6 +79,9 @@ pub struct Load {
     /// Receivers ask for group mode (protocol v2): one signed multicast
     /// datagram per message for all of them.
     pub group: bool,
+    /// Extra clients joining and leaving while the load runs (`--churn`);
+    /// they ask for group mode when the receivers do.
+    pub churn: Option<Churn>,
 }
 
 /// What one run measured.
@@ -84,8 +99,17 @@ pub struct Outcome {
     pub received_total: u64,
     /// Send-to-receive latency of messages sent in the window (ns).
     pub latency: Histogram,
-    /// Server CPU seconds in the window, when its pid is known.
+    /// Server CPU seconds (user + system) in the window, when its pid is known.
     pub server_cpu: Option<f64>,
+    /// The user part of `server_cpu`: the relay's own code, which group
+    /// mode should keep flat per message whatever the number of receivers.
+    pub server_user: Option<f64>,
+    /// The system part of `server_cpu`: its system calls, including on
+    /// loopback the kernel's copy of each multicast datagram to every
+    /// receiving socket (so it grows with the receivers in group mode too).
+    pub server_system: Option<f64>,
+    /// Churners' joins, leaves and failures in the window (`--churn`).
+    pub churn: Option<Tally>,
     /// This process's CPU seconds in the window.
     pub bench_cpu: f64,
     /// The busiest bench thread's CPU share in the window (1.0 = a core).
@@ -96,6 +120,13 @@ pub struct Outcome {
     /// Datagrams the receivers' client cores refused (bad, replayed or
     /// reflected): anything but 0 means the relay sent something wrong.
     pub dropped: u64,
+    /// Group datagrams the receivers held for a key they did not have yet
+    /// (a rekey's GROUP_KEY still on its way): released or lost later.
+    pub held: u64,
+    /// Group datagrams lost because a receiver's hold queue was full.
+    pub hold_full: u64,
+    /// KEY_REQUESTs the receivers sent for a key that did not come.
+    pub key_requests: u64,
 }
 
 impl Outcome {
@@ -115,6 +146,20 @@ impl Outcome {
             return 0.0;
         }
         self.expected_total.saturating_sub(self.received_total) as f64 / self.expected_total as f64
+    }
+
+    /// Relay user CPU per message sent, in microseconds.
+    pub fn user_us_per_message(&self) -> Option<f64> {
+        self.server_user
+            .filter(|_| self.messages > 0)
+            .map(|u| u * 1e6 / self.messages as f64)
+    }
+
+    /// Relay user CPU per delivery, in nanoseconds.
+    pub fn user_ns_per_delivery(&self) -> Option<f64> {
+        self.server_user
+            .filter(|_| self.deliveries > 0)
+            .map(|u| u * 1e9 / self.deliveries as f64)
     }
 
     /// Deliveries per CPU-second of the relay.
@@ -140,6 +185,8 @@ struct Shared {
     sent: Vec<AtomicU64>,
     /// Per receiver thread: deliveries; per sender: datagrams from the other senders.
     delivered: Vec<AtomicU64>,
+    /// Per receiver thread: datagrams its passive receivers took.
+    passive: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -156,7 +203,8 @@ impl Shared {
     }
 
     fn delivered(&self) -> u64 {
-        self.delivered.iter().map(|s| s.load(Relaxed)).sum()
+        let passive: u64 = self.passive.iter().map(|s| s.load(Relaxed)).sum();
+        self.delivered.iter().map(|s| s.load(Relaxed)).sum::<u64>() + passive
     }
 
     /// What the receiver threads (not the senders) got.
@@ -169,10 +217,14 @@ impl Shared {
 }
 
 /// What a receiver thread hands back.
+#[derive(Default)]
 struct Received {
     latency: Histogram,
     messages: u64,
     dropped: u64,
+    held: u64,
+    hold_full: u64,
+    key_requests: u64,
 }
 
 /// Connects the clients to `server`, runs the load, and returns the
@@ -183,6 +235,10 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
     let group = if load.group { load.clients } else { 0 };
     let mut clients = swarm::connect(server, total, group, within)?;
     let senders: Vec<Client> = clients.drain(load.clients..).collect();
+    let active = load.clients - load.passive;
+    for c in &mut clients[active..] {
+        c.passive = true;
+    }
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         nap: load.nap,
@@ -197,6 +253,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         delivered: (0..load.threads + load.senders)
             .map(|_| AtomicU64::new(0))
             .collect(),
+        passive: (0..load.threads).map(|_| AtomicU64::new(0)).collect(),
     });
 
     let threads = load.threads.clamp(1, load.clients.max(1));
@@ -228,6 +285,26 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         })
         .collect::<Result<_, _>>()?;
 
+    // Churn runs through the warm-up too, so the window sees it steady.
+    let churn_stop = Arc::new(AtomicBool::new(false));
+    let churn_counts = Arc::new(churn::Counts::default());
+    let churner = match &load.churn {
+        None => None,
+        Some(c) => {
+            let c = Churn {
+                group: load.group,
+                ..c.clone()
+            };
+            let (stop, counts) = (churn_stop.clone(), churn_counts.clone());
+            Some(
+                thread::Builder::new()
+                    .name("bench-churn".into())
+                    .spawn(move || churn::run(server, &c, &stop, &counts))
+                    .map_err(|e| format!("cannot start the churn thread: {e}"))?,
+            )
+        }
+    };
+
     let mut progress = Progress::new(load.progress, &shared);
     progress.wait_until(&shared, |_| shared.epoch.elapsed() >= load.warmup);
 
@@ -238,6 +315,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
     let bench0 = procfs::self_cpu().unwrap_or(0.0);
     let threads0 = procfs::self_threads_cpu();
     let machine0 = procfs::machine_busy();
+    let churn0 = churn_counts.tally();
     shared.window_start.store(t0, Relaxed);
     let end = Instant::now() + load.duration;
     progress.wait_until(&shared, |s| match load.messages {
@@ -250,15 +328,20 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
     let bench1 = procfs::self_cpu().unwrap_or(0.0);
     let threads1 = procfs::self_threads_cpu();
     let machine1 = procfs::machine_busy();
+    let churn1 = churn_counts.tally();
     shared.window_end.store(t1, Relaxed);
     shared.stop_senders.store(true, Relaxed);
+    churn_stop.store(true, Relaxed);
     progress.finish();
     for h in senders {
         h.join().map_err(|_| "a sender thread panicked")?;
     }
+    if let Some(h) = churner {
+        h.join().map_err(|_| "the churn thread panicked")?;
+    }
 
     // Drain: what is still in flight gets a moment to arrive.
-    let want = shared.sent() * load.clients as u64;
+    let want = shared.sent() * active as u64;
     let mut last = (shared.received(threads), Instant::now());
     let drain_end = Instant::now() + Duration::from_secs(3);
     while Instant::now() < drain_end {
@@ -279,6 +362,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         messages: sent1 - sent0,
         deliveries: deliv1 - deliv0,
         expected_total: want,
+        churn: load.churn.as_ref().map(|_| churn1.since(&churn0)),
         ..Outcome::default()
     };
     for h in receivers {
@@ -286,8 +370,14 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
         out.latency.merge(&r.latency);
         out.received_total += r.messages;
         out.dropped += r.dropped;
+        out.held += r.held;
+        out.hold_full += r.hold_full;
+        out.key_requests += r.key_requests;
     }
-    out.server_cpu = server0.zip(server1).map(|(a, b)| b - a);
+    let server = server0.zip(server1).map(|(a, b)| b.since(&a));
+    out.server_cpu = server.map(|c| c.total());
+    out.server_user = server.map(|c| c.user);
+    out.server_system = server.map(|c| c.system);
     out.bench_cpu = bench1 - bench0;
     out.busiest_thread = procfs::busiest_thread(&threads0, &threads1, out.secs);
     out.others_cpu = machine0.zip(machine1).map(|(a, b)| {
@@ -300,11 +390,7 @@ pub fn run(server: SocketAddr, server_pid: Option<u32>, load: &Load) -> Result<O
 /// A receiver thread: decrypts every datagram of its clients, records
 /// latency and tells the senders which messages arrived.
 fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shared) -> Received {
-    let mut r = Received {
-        latency: Histogram::default(),
-        messages: 0,
-        dropped: 0,
-    };
+    let mut r = Received::default();
     let Ok(mut poll) = Poll::new() else {
         return r;
     };
@@ -323,6 +409,7 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
     let mut buf = vec![0u8; 65536];
     let (mut out, mut evs) = (Vec::new(), Vec::new());
     let mut keepalive_at = Instant::now() + KEEPALIVE_EVERY;
+    let mut timers_at = Instant::now() + TIMERS_EVERY;
     while !shared.stop_receivers.load(Relaxed) {
         match poll.poll(&mut events, Some(Duration::from_millis(20))) {
             Ok(()) => {}
@@ -331,48 +418,14 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
         }
         let mut got = 0u64;
         for ev in events.iter() {
-            let (i, downlink) = (ev.token().0 % n, ev.token().0 >= n);
-            let c = &mut clients[i];
-            loop {
-                let sock = match (&c.down, downlink) {
-                    (Some(d), true) => d,
-                    _ => &c.sock,
-                };
-                let (len, from) = match sock.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => continue,
-                };
-                if downlink {
-                    // Anyone may send there: the core checks the signature.
-                    c.core
-                        .handle_downlink(Instant::now(), from, &buf[..len], &mut evs);
-                } else if from == server {
-                    let _ = c
-                        .core
-                        .handle_datagram(Instant::now(), &buf[..len], &mut out, &mut evs);
-                    out.clear();
-                } else {
-                    continue;
-                }
-                for e in evs.drain(..) {
-                    let ClientEvent::Message { body, .. } = e else {
-                        continue;
-                    };
-                    let Some((sender, seq, sent_at)) = parse_stamp(&body) else {
-                        continue;
-                    };
-                    let Some(acks) = shared.acks.get(sender) else {
-                        continue;
-                    };
-                    let now = shared.now_ns();
-                    if shared.in_window(sent_at) {
-                        r.latency.record(now.saturating_sub(sent_at));
-                    }
-                    acks[seq as usize % RING].fetch_add(1, Relaxed);
-                    got += 1;
-                }
+            // Either socket's event reads both, the session socket first.
+            let c = &mut clients[ev.token().0 % n];
+            if c.passive {
+                let taken = take_all(c, &mut buf);
+                shared.passive[t].fetch_add(taken, Relaxed);
+                continue;
             }
+            got += read_client(c, server, &mut buf, &mut out, &mut evs, shared, &mut r);
         }
         if got > 0 {
             r.messages += got;
@@ -384,7 +437,20 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
                 thread::sleep(shared.nap);
             }
         }
-        if Instant::now() >= keepalive_at {
+        let now = Instant::now();
+        if now >= timers_at {
+            // As a real client's loop would: a member that missed a
+            // GROUP_KEY (a rekey under churn) asks for it again.
+            timers_at = now + TIMERS_EVERY;
+            for c in &mut clients {
+                if c.core.poll_timeout().is_some_and(|t| t <= now) {
+                    c.core.handle_timeout(now, &mut out, &mut evs);
+                    c.flush(server, &mut out);
+                    evs.clear();
+                }
+            }
+        }
+        if now >= keepalive_at {
             keepalive_at += KEEPALIVE_EVERY;
             for c in &mut clients {
                 c.core.keepalive(&mut out);
@@ -393,6 +459,12 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
         }
     }
     r.dropped = clients.iter().map(|c| c.core.dropped).sum();
+    for c in &clients {
+        let d = c.core.downlink_stats();
+        r.held += d.held;
+        r.hold_full += d.hold_full;
+        r.key_requests += d.key_requests;
+    }
     // Leave, so a relay that outlives the run (--target) does not keep
     // relaying to these clients until they time out.
     for c in &mut clients {
@@ -400,6 +472,108 @@ fn receive(t: usize, mut clients: Vec<Client>, server: SocketAddr, shared: &Shar
         c.flush(server, &mut out);
     }
     r
+}
+
+/// Reads what waits on a client's sockets: the session socket, then the
+/// downlink until a datagram is held for a key not yet known, then the
+/// session socket again (where that key comes, a GROUP_KEY sent before the
+/// datagrams it opens), and so on until both are empty. Draining the
+/// downlink first would hold every datagram sent after a rekey until the
+/// next wakeup, and overflow the member's hold queue after a stall.
+/// Returns the messages delivered.
+fn read_client(
+    c: &mut Client,
+    server: SocketAddr,
+    buf: &mut [u8],
+    out: &mut Vec<Vec<u8>>,
+    evs: &mut Vec<ClientEvent>,
+    shared: &Shared,
+    r: &mut Received,
+) -> u64 {
+    let mut got = 0;
+    loop {
+        while let Some((len, from)) = recv(&c.sock, buf) {
+            if from == server {
+                let _ = c
+                    .core
+                    .handle_datagram(Instant::now(), &buf[..len], out, evs);
+                out.clear();
+                got += deliver(evs, shared, r);
+            }
+        }
+        let Some(down) = &c.down else { break };
+        let held = c.core.downlink_stats().held;
+        let mut again = false;
+        while let Some((len, from)) = recv(down, buf) {
+            // Anyone may send there: the core checks the signature.
+            c.core
+                .handle_downlink(Instant::now(), from, &buf[..len], evs);
+            got += deliver(evs, shared, r);
+            if c.core.downlink_stats().held > held {
+                again = true;
+                break;
+            }
+        }
+        if !again {
+            break;
+        }
+    }
+    got
+}
+
+/// A passive receiver's turn: everything on both sockets taken off,
+/// unopened. Returns the datagrams taken.
+fn take_all(c: &Client, buf: &mut [u8]) -> u64 {
+    let mut n = 0;
+    while recv(&c.sock, buf).is_some() {
+        n += 1;
+    }
+    if let Some(d) = &c.down {
+        while recv(d, buf).is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// One datagram from a non-blocking socket; None when it is empty (or
+/// keeps failing).
+fn recv(sock: &mio::net::UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    let mut tries = 0;
+    loop {
+        match sock.recv_from(buf) {
+            Ok(x) => return Some(x),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            // Interrupted, or a pending error (each is reported once):
+            // what follows it is still to be read, edge-triggered.
+            Err(_) if tries < 8 => tries += 1,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Records the messages among `evs` (latency, acks for the senders) and
+/// empties it; returns how many there were.
+fn deliver(evs: &mut Vec<ClientEvent>, shared: &Shared, r: &mut Received) -> u64 {
+    let mut got = 0;
+    for e in evs.drain(..) {
+        let ClientEvent::Message { body, .. } = e else {
+            continue;
+        };
+        let Some((sender, seq, sent_at)) = parse_stamp(&body) else {
+            continue;
+        };
+        let Some(acks) = shared.acks.get(sender) else {
+            continue;
+        };
+        let now = shared.now_ns();
+        if shared.in_window(sent_at) {
+            r.latency.record(now.saturating_sub(sent_at));
+        }
+        acks[seq as usize % RING].fetch_add(1, Relaxed);
+        got += 1;
+    }
+    got
 }
 
 /// The sender index, sequence number and send time stamped into a body.
@@ -433,7 +607,7 @@ fn send(s: usize, mut client: Client, server: SocketAddr, load: &Load, shared: &
         let now = shared.now_ns();
         while oldest < seq {
             let slot = &acks[oldest as usize % RING];
-            let done = slot.load(Relaxed) as usize >= load.clients;
+            let done = slot.load(Relaxed) as usize >= load.clients - load.passive;
             if done || now.saturating_sub(sent_at[oldest as usize % RING]) > lost_after {
                 slot.store(0, Relaxed);
                 oldest += 1;

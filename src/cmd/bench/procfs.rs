@@ -15,9 +15,40 @@ pub fn ticks_per_sec() -> f64 {
     }
 }
 
+/// CPU time of a process split the way the kernel accounts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cpu {
+    /// Seconds spent in user space (utime): the relay's own code.
+    pub user: f64,
+    /// Seconds spent in the kernel on its behalf (stime): system calls,
+    /// including the copies of a loopback multicast to every receiving
+    /// socket, which the sender's `sendmsg` pays.
+    pub system: f64,
+}
+
+impl Cpu {
+    /// User plus system seconds.
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+
+    /// The CPU used between `earlier` and `self`.
+    pub fn since(&self, earlier: &Cpu) -> Cpu {
+        Cpu {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
 /// utime + stime in seconds from a `stat` file (`/proc/PID/stat` or
 /// `/proc/PID/task/TID/stat`); None if it cannot be read.
 fn stat_cpu(path: &str) -> Option<f64> {
+    stat_split(path).map(|c| c.total())
+}
+
+/// utime and stime in seconds from a `stat` file.
+fn stat_split(path: &str) -> Option<Cpu> {
     let text = fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces and parentheses: the
     // fixed fields start after the last ')'. Field 3 (state) is index 0,
@@ -26,12 +57,16 @@ fn stat_cpu(path: &str) -> Option<f64> {
     let mut f = rest.split_whitespace().skip(11);
     let utime: u64 = f.next()?.parse().ok()?;
     let stime: u64 = f.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / ticks_per_sec())
+    let tick = ticks_per_sec();
+    Some(Cpu {
+        user: utime as f64 / tick,
+        system: stime as f64 / tick,
+    })
 }
 
-/// CPU seconds (user + system) a process has used so far.
-pub fn process_cpu(pid: u32) -> Option<f64> {
-    stat_cpu(&format!("/proc/{pid}/stat"))
+/// CPU seconds, user and system, a process has used so far.
+pub fn process_cpu(pid: u32) -> Option<Cpu> {
+    stat_split(&format!("/proc/{pid}/stat"))
 }
 
 /// CPU seconds of this process.
@@ -110,6 +145,9 @@ mod tests {
     #[test]
     fn own_numbers_are_readable() {
         assert!(self_cpu().is_some());
+        let me = process_cpu(std::process::id()).unwrap();
+        assert!(me.user >= 0.0 && me.system >= 0.0);
+        assert!((me.total() - me.user - me.system).abs() < 1e-12);
         assert!(machine_busy().unwrap() > 0.0);
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(!self_threads_cpu().is_empty());

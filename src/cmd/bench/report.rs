@@ -1,5 +1,6 @@
 //! The benchmark's output: a side-by-side text table (one column per relay
-//! binary, medians over the runs) or one JSON object with every run.
+//! binary and delivery mode, medians over the runs) or one JSON object with
+//! every run.
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use super::footprint::{self, Footprint};
 use super::json::{self, Obj};
 use super::limit::{Limit, Rate};
 use super::load::Outcome;
-use super::{median, Opts};
+use super::{median, Opts, Variant};
 
 /// How a metric is shown in the text table.
 #[derive(Clone, Copy)]
@@ -22,24 +23,43 @@ enum Fmt {
     Micros,
     /// Seconds.
     Secs,
+    /// Microseconds, two decimals.
+    Us,
+    /// Nanoseconds, no decimals.
+    Ns,
     /// A plain ratio.
     Ratio,
 }
 
 /// Every metric of a run: JSON key, text label, format.
-const METRICS: [(&str, &str, Fmt); 17] = [
+const METRICS: [(&str, &str, Fmt); 29] = [
     ("deliveries_per_s", "deliveries/s", Fmt::Count),
     ("messages_per_s", "messages/s", Fmt::Count),
     ("loss", "loss", Fmt::Loss),
     ("lost", "  deliveries lost", Fmt::Count),
     ("expected", "  deliveries expected", Fmt::Count),
     ("client_drops", "  datagrams clients refused", Fmt::Count),
+    ("group_held", "  group datagrams held for a key", Fmt::Count),
+    ("group_hold_full", "  lost to a full hold queue", Fmt::Count),
+    ("key_requests", "  key requests", Fmt::Count),
     ("latency_p50_ns", "latency p50", Fmt::Micros),
     ("latency_p99_ns", "latency p99", Fmt::Micros),
     ("latency_p999_ns", "latency p99.9", Fmt::Micros),
     ("latency_samples", "  latency samples", Fmt::Count),
     ("server_cpu_s", "server CPU", Fmt::Secs),
     ("server_cpu_share", "  share of a core", Fmt::Percent),
+    ("server_user_cpu_s", "  user", Fmt::Secs),
+    ("server_system_cpu_s", "  system", Fmt::Secs),
+    (
+        "server_user_us_per_message",
+        "server user per message",
+        Fmt::Us,
+    ),
+    (
+        "server_user_ns_per_delivery",
+        "server user per delivery",
+        Fmt::Ns,
+    ),
     (
         "deliveries_per_server_cpu_s",
         "deliveries/server-CPU-s",
@@ -53,6 +73,15 @@ const METRICS: [(&str, &str, Fmt); 17] = [
         Fmt::Percent,
     ),
     ("others_cpu_share", "other processes (cores)", Fmt::Percent),
+    ("churn_joins", "churn joins", Fmt::Count),
+    ("churn_leaves", "churn leaves", Fmt::Count),
+    ("churn_joins_per_s", "  joins/s", Fmt::Count),
+    ("churn_failed", "  joins failed", Fmt::Count),
+    (
+        "stable_lost",
+        "stable receivers' deliveries lost",
+        Fmt::Count,
+    ),
 ];
 
 /// A run's metrics in [`METRICS`] order (None: not measured).
@@ -66,17 +95,30 @@ fn values(o: &Outcome, limit: Option<&Limit>) -> Vec<Option<f64>> {
         Some(o.expected_total.saturating_sub(o.received_total) as f64),
         Some(o.expected_total as f64),
         Some(o.dropped as f64),
+        Some(o.held as f64),
+        Some(o.hold_full as f64),
+        Some(o.key_requests as f64),
         q(0.5),
         q(0.99),
         q(0.999),
         Some(o.latency.count() as f64),
         o.server_cpu,
         o.server_cpu.map(|c| c / o.secs),
+        o.server_user,
+        o.server_system,
+        o.user_us_per_message(),
+        o.user_ns_per_delivery(),
         per_cpu,
         per_cpu.zip(limit).map(|(p, l)| p / l.plain.per_cpu_sec),
         Some(o.bench_cpu / o.secs),
         Some(o.busiest_thread),
         o.others_cpu.map(|c| c / o.secs),
+        o.churn.map(|c| c.joins as f64),
+        o.churn.map(|c| c.leaves as f64),
+        o.churn.map(|c| c.joins as f64 / o.secs),
+        o.churn.map(|c| c.failed as f64),
+        o.churn
+            .map(|_| o.expected_total.saturating_sub(o.received_total) as f64),
     ]
 }
 
@@ -104,6 +146,8 @@ fn show(v: Option<f64>, f: Fmt) -> String {
         Fmt::Loss => format!("{:.3} %", v * 100.0).replace(".000 %", " %"),
         Fmt::Micros => format!("{:.0} µs", v / 1000.0),
         Fmt::Secs => format!("{v:.2} s"),
+        Fmt::Us => format!("{v:.2} µs"),
+        Fmt::Ns => format!("{v:.0} ns"),
         Fmt::Ratio => format!("{v:.2}"),
     }
 }
@@ -123,15 +167,25 @@ fn thousands(n: u64) -> String {
 /// One line per finished run, for the progress output.
 pub fn one_line(o: &Outcome) -> String {
     let v = values(o, None);
-    format!(
-        "{} deliveries/s, loss {}, p99 {}, {} deliveries/server-CPU-s, bench busiest thread {}, others {}",
+    let mut line = format!(
+        "{} deliveries/s, loss {}, p99 {}, {} deliveries/server-CPU-s, server user {} system {} ({} user/message), bench busiest thread {}, others {}",
         show(get(&v, "deliveries_per_s"), Fmt::Count),
         show(get(&v, "loss"), Fmt::Loss),
         show(get(&v, "latency_p99_ns"), Fmt::Micros),
         show(get(&v, "deliveries_per_server_cpu_s"), Fmt::Count),
+        show(get(&v, "server_user_cpu_s"), Fmt::Secs),
+        show(get(&v, "server_system_cpu_s"), Fmt::Secs),
+        show(get(&v, "server_user_us_per_message"), Fmt::Us),
         show(get(&v, "busiest_bench_thread_share"), Fmt::Percent),
         show(get(&v, "others_cpu_share"), Fmt::Percent),
-    )
+    );
+    if let Some(c) = o.churn {
+        line.push_str(&format!(
+            ", churn {} joins {} leaves {} failed",
+            c.joins, c.leaves, c.failed
+        ));
+    }
+    line
 }
 
 fn describe(o: &Opts) -> String {
@@ -144,10 +198,22 @@ fn describe(o: &Opts) -> String {
         Some(m) => format!("{m} messages"),
         None => format!("{} s", l.duration.as_secs_f64()),
     };
+    let churn = l.churn.as_ref().map_or(String::new(), |c| {
+        format!(
+            ", churn {} joins/s staying {} s",
+            c.rate,
+            c.stay.as_secs_f64()
+        )
+    });
     format!(
-        "{} sender(s) -> {} clients, {}-byte bodies, {mode}, {span} measured after {} s warm-up, {} receiver threads, median of {} run(s)",
+        "{} sender(s) -> {} clients{}, {}-byte bodies, {mode}, {span} measured after {} s warm-up, {} receiver threads{churn}, median of {} run(s)",
         l.senders,
         l.clients,
+        if l.passive > 0 {
+            format!(" ({} passive)", l.passive)
+        } else {
+            String::new()
+        },
         l.body,
         l.warmup.as_secs_f64(),
         l.threads,
@@ -156,7 +222,7 @@ fn describe(o: &Opts) -> String {
 }
 
 /// The relay benchmark's report.
-pub fn relay(o: &Opts, names: &[String], results: &[Vec<Outcome>], limit: Option<&Limit>) {
+pub fn relay(o: &Opts, variants: &[Variant], results: &[Vec<Outcome>], limit: Option<&Limit>) {
     let per_run: Vec<Vec<Vec<Option<f64>>>> = results
         .iter()
         .map(|runs| runs.iter().map(|r| values(r, limit)).collect())
@@ -170,17 +236,23 @@ pub fn relay(o: &Opts, names: &[String], results: &[Vec<Outcome>], limit: Option
                 .fold(Obj::new(), |obj, ((k, _, _), v)| obj.opt(k, *v))
                 .finish()
         };
-        let servers = names.iter().zip(&meds).zip(&per_run).map(|((n, m), runs)| {
-            Obj::new()
-                .str("server", n)
-                .raw("median", metrics_obj(m))
-                .raw("runs", json::array(runs.iter().map(|r| metrics_obj(r))))
-                .finish()
-        });
+        let servers = variants
+            .iter()
+            .zip(&meds)
+            .zip(&per_run)
+            .map(|((v, m), runs)| {
+                Obj::new()
+                    .str("server", &v.server)
+                    .str("delivery", v.delivery())
+                    .raw("median", metrics_obj(m))
+                    .raw("runs", json::array(runs.iter().map(|r| metrics_obj(r))))
+                    .finish()
+            });
         let l = &o.load;
         let obj = Obj::new()
             .str("mode", "relay")
             .num("clients", l.clients as f64)
+            .num("passive", l.passive as f64)
             .num("senders", l.senders as f64)
             .num("body_bytes", l.body as f64)
             .str("loop", if l.rate.is_some() { "open" } else { "closed" })
@@ -190,6 +262,11 @@ pub fn relay(o: &Opts, names: &[String], results: &[Vec<Outcome>], limit: Option
             .opt("messages", l.messages.map(|m| m as f64))
             .num("warmup_s", l.warmup.as_secs_f64())
             .num("threads", l.threads as f64)
+            .opt("churn_rate", l.churn.as_ref().map(|c| c.rate))
+            .opt(
+                "churn_stay_s",
+                l.churn.as_ref().map(|c| c.stay.as_secs_f64()),
+            )
             .num("runs", o.runs as f64)
             .raw("servers", json::array(servers))
             .raw("limit", limit.map_or("null".into(), limit_json));
@@ -198,17 +275,27 @@ pub fn relay(o: &Opts, names: &[String], results: &[Vec<Outcome>], limit: Option
     }
     println!("mcrelay bench: {}", describe(o));
     println!();
-    let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(14);
-    print!("{:<30}", "");
-    for n in names {
-        print!("  {n:>width$}");
+    let width = variants
+        .iter()
+        .map(|v| v.label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(14);
+    print!("{:<34}", "");
+    for v in variants {
+        print!("  {:>width$}", v.label);
     }
     println!();
     for (i, (key, label, f)) in METRICS.iter().enumerate() {
         if *key == "ratio_to_limit" && limit.is_none() {
             continue;
         }
-        print!("{label:<30}");
+        if meds.iter().all(|m| m[i].is_none())
+            && (key.starts_with("churn_") || key.starts_with("stable_"))
+        {
+            continue;
+        }
+        print!("{label:<34}");
         for m in &meds {
             print!("  {:>width$}", show(m[i], *f));
         }
@@ -340,5 +427,7 @@ mod tests {
         assert_eq!(show(Some(0.5), Fmt::Percent), "50.0 %");
         assert_eq!(show(Some(1_500_000.0), Fmt::Micros), "1500 µs");
         assert_eq!(show(None, Fmt::Count), "-");
+        assert_eq!(show(Some(12.345), Fmt::Us), "12.35 µs");
+        assert_eq!(show(Some(812.4), Fmt::Ns), "812 ns");
     }
 }
