@@ -163,6 +163,7 @@ fn help_documents_every_flag() {
         "--churn-stay",
         "--limit",
         "--footprint",
+        "--federation",
         "--limit-secs",
         "--no-limit",
         "--footprint-clients",
