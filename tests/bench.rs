@@ -164,6 +164,7 @@ fn help_documents_every_flag() {
         "--limit",
         "--footprint",
         "--federation",
+        "--help",
         "--limit-secs",
         "--no-limit",
         "--footprint-clients",
