@@ -38,7 +38,7 @@ USAGE:
     mcrelay bench --limit [OPTIONS]      the machine's limit: encrypt + send on one core
     mcrelay bench --footprint [OPTIONS]  binary size and memory, checked against the limits
     mcrelay bench --federation [OPTIONS] two relays federated through nats-server
-                                         (its options: mcrelay bench --federation --help)
+                                         its own options: mcrelay bench --federation --help
 
 RELAY UNDER TEST:
     --target HOST:PORT     a running relay [default: start `serve` on free loopback ports]
