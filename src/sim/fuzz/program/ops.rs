@@ -213,23 +213,32 @@ impl Sim {
             && self.net.relay.reassembly_bytes() + cost <= limits.max_total_bytes
     }
 
+    /// The cookie the relay gave client i's address, fetched with a HELLO
+    /// of the harness's own when there is none yet or `fresh` asks for it.
+    /// The answer also reaches the ClientCore, which ignores it unless it
+    /// awaits a key.
+    pub(super) fn harness_cookie(
+        &mut self,
+        i: usize,
+        fresh: bool,
+    ) -> Option<[u8; crate::wire::COOKIE_LEN]> {
+        if self.clients[i].cookie.is_none() || fresh {
+            let mut hello = Vec::new();
+            let mut v = vec![0u8; wire::MIN_HELLO_LEN - tlv::HEADER_LEN];
+            v[0] = wire::VERSION;
+            tlv::put(&mut hello, outer::HELLO, &v);
+            self.deliver_to_relay(self.clients[i].addr, hello, Origin::Other);
+        }
+        self.clients[i].cookie
+    }
+
     /// Op 11: COOKIE + SESSION_KEY built by the harness for client i's
     /// address (fetching a cookie with a HELLO first if needed).
     pub(super) fn harness_session_key(&mut self, i: usize, mode: u8, blob: &[u8]) {
         if self.rsa_left == 0 {
             return;
         }
-        let addr = self.clients[i].addr;
-        if self.clients[i].cookie.is_none() || mode & 0x80 != 0 {
-            // A HELLO of our own; the answer also reaches the ClientCore,
-            // which ignores it unless it awaits a key.
-            let mut hello = Vec::new();
-            let mut v = vec![0u8; wire::MIN_HELLO_LEN - tlv::HEADER_LEN];
-            v[0] = wire::VERSION;
-            tlv::put(&mut hello, outer::HELLO, &v);
-            self.deliver_to_relay(addr, hello, Origin::Other);
-        }
-        let Some(cookie) = self.clients[i].cookie else {
+        let Some(cookie) = self.harness_cookie(i, mode & 0x80 != 0) else {
             return;
         };
         let key_bytes: [u8; 32] = self.rng.random();

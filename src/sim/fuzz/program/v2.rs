@@ -236,15 +236,7 @@ impl Sim {
         if self.rsa_left == 0 {
             return;
         }
-        let addr = self.clients[i].addr;
-        if self.clients[i].cookie.is_none() || mode & 0x80 != 0 {
-            let mut hello = Vec::new();
-            let mut v = vec![0u8; wire::MIN_HELLO_LEN - tlv::HEADER_LEN];
-            v[0] = wire::VERSION;
-            tlv::put(&mut hello, outer::HELLO, &v);
-            self.deliver_to_relay(addr, hello, Origin::Other);
-        }
-        let Some(cookie) = self.clients[i].cookie else {
+        let Some(cookie) = self.harness_cookie(i, mode & 0x80 != 0) else {
             return;
         };
         let first = usize::from(blob.first().copied().unwrap_or(0));
