@@ -136,6 +136,12 @@ pub(super) struct Client {
 }
 
 impl Client {
+    /// Counts a datagram of `bytes` sent to this client.
+    pub(super) fn count_out(&mut self, bytes: usize) {
+        self.msgs_out += 1;
+        self.bytes_out += bytes as u64;
+    }
+
     /// Seals `SEQ | fill` in this client's session and returns the token in
     /// the form its session asked for: raw bytes with RAW (v2 §4), base64
     /// text otherwise. `buf` holds the raw token afterwards (followed by

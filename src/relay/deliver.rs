@@ -140,11 +140,9 @@ impl Relay {
             let token = c.seal(unix.unix_secs(), rng.random(), sealed, |p| {
                 p.extend_from_slice(tail)
             });
-            let bytes = emitter
-                .token(c.id.addr(), kind, token, out, stats)
+            emitter
+                .token_to(c, kind, token, out, stats)
                 .map_err(|_| Drop::Oversize)?;
-            c.msgs_out += 1;
-            c.bytes_out += bytes as u64;
             n += 1;
         }
         Ok(n)

@@ -204,10 +204,7 @@ impl Relay {
                 put_group_key(p, epoch, key.as_bytes())
             });
             // A GROUP_KEY token is a few hundred bytes: it always frames.
-            if let Ok(n) = emitter.token(c.id.addr(), outer::DATA, token, out, stats) {
-                c.msgs_out += 1;
-                c.bytes_out += n as u64;
-            }
+            let _ = emitter.token_to(c, outer::DATA, token, out, stats);
         }
     }
 
@@ -361,8 +358,7 @@ impl Relay {
         let n = emitter
             .again(c.id.addr(), &d, out, stats)
             .map_err(|_| Drop::Oversize)?;
-        c.msgs_out += 1;
-        c.bytes_out += n as u64;
+        c.count_out(n);
         c.key_answered = Some(now);
         stats.key_requests_answered += 1;
         Ok(())

@@ -287,8 +287,7 @@ impl Relay {
             .emitter
             .again(src, &c.welcome, out, &mut self.stats)
             .map_err(|_| Drop::Oversize)?;
-        c.msgs_out += 1;
-        c.bytes_out += n as u64;
+        c.count_out(n);
         self.stats.welcomes_resent += 1;
         Ok(())
     }
@@ -441,10 +440,8 @@ impl Relay {
             }
         });
         c.welcome = Box::default();
-        match emitter.token(c.id.addr(), outer::WELCOME, token, out, stats) {
-            Ok(n) => {
-                c.msgs_out += 1;
-                c.bytes_out += n as u64;
+        match emitter.token_to(c, outer::WELCOME, token, out, stats) {
+            Ok(_) => {
                 c.welcome = emitter.datagram.as_slice().into();
                 c.welcome_sent = now;
             }

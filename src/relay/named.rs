@@ -102,10 +102,7 @@ impl Relay {
                 tlv::put_u8(p, inner::REASON, reason as u8);
             });
             // A notice of an id and a reason always frames.
-            if let Ok(n) = emitter.token(c.id.addr(), outer::DATA, token, out, stats) {
-                c.msgs_out += 1;
-                c.bytes_out += n as u64;
-            }
+            let _ = emitter.token_to(c, outer::DATA, token, out, stats);
         }
         self.remove(slot, reason);
     }

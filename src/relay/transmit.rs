@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use crate::relay::clients::Client;
 use crate::relay::stats::Stats;
 use crate::wire::fragment;
 use crate::wire::tlv;
@@ -89,6 +90,20 @@ impl Emitter {
             ..
         } = self;
         emit(dst, datagram, *max_datagram, next_msg_id, out, stats)
+    }
+
+    /// [`Emitter::token`] to client `c`, counted in its totals.
+    pub(super) fn token_to(
+        &mut self,
+        c: &mut Client,
+        kind: u16,
+        token: &[u8],
+        out: &mut Transmits,
+        stats: &mut Stats,
+    ) -> Result<usize, Oversize> {
+        let n = self.token(c.id.addr(), kind, token, out, stats)?;
+        c.count_out(n);
+        Ok(n)
     }
 
     /// Queues an outer TLV built earlier (a stored WELCOME) as
