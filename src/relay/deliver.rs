@@ -133,11 +133,12 @@ impl Relay {
             closing,
             ..
         } = self;
+        let unix_secs = unix.unix_secs();
         for (slot, c) in clients.iter_mut() {
             if Some(slot) == skip || c.downlink.is_some() || !(c.perms.subscribe || *closing) {
                 continue;
             }
-            let token = c.seal(unix.unix_secs(), rng.random(), sealed, |p| {
+            let token = c.seal(unix_secs, rng.random(), sealed, |p| {
                 p.extend_from_slice(tail)
             });
             emitter

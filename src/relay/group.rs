@@ -199,8 +199,9 @@ impl Relay {
             unix,
             ..
         } = self;
+        let unix_secs = unix.unix_secs();
         for (_, c) in clients.iter_mut().filter(|(_, c)| c.downlink.is_some()) {
-            let token = c.seal(unix.unix_secs(), rng.random(), sealed, |p| {
+            let token = c.seal(unix_secs, rng.random(), sealed, |p| {
                 put_group_key(p, epoch, key.as_bytes())
             });
             // A GROUP_KEY token is a few hundred bytes: it always frames.
