@@ -14,7 +14,6 @@ mod churn;
 mod federation;
 mod footprint;
 mod hist;
-mod json;
 mod limit;
 mod load;
 mod procfs;

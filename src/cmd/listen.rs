@@ -14,6 +14,7 @@ use mcrelay::UdpClient;
 
 use super::client_args::{self, ClientArgs};
 use super::finish;
+use super::json::Obj;
 
 const HELP: &str = "\
 mcrelay listen: print the relay's events, one line each, until killed
@@ -309,37 +310,10 @@ fn is_invisible(c: char) -> bool {
 
 /// A flat JSON object of string fields, written by hand.
 pub fn json(fields: &[(&str, &str)]) -> String {
-    let mut s = String::from("{");
-    for (i, (k, v)) in fields.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        json_string(&mut s, k);
-        s.push(':');
-        json_string(&mut s, v);
-    }
-    s.push('}');
-    s
-}
-
-/// Appends `v` as a JSON string literal (RFC 8259 §7).
-fn json_string(s: &mut String, v: &str) {
-    s.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            // Legal raw in JSON, but not in JavaScript strings before ES2019.
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
-            }
-            c => s.push(c),
-        }
-    }
-    s.push('"');
+    fields
+        .iter()
+        .fold(Obj::new(), |o, (k, v)| o.str(k, v))
+        .finish()
 }
 
 #[cfg(test)]

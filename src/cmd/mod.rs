@@ -7,6 +7,7 @@ pub mod client_args;
 pub mod federate;
 pub mod federation_key;
 pub mod fingerprint;
+pub mod json;
 pub mod listen;
 pub mod send;
 pub mod serve;

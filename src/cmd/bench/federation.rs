@@ -32,9 +32,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::child::{self, Relay};
 use super::hist::Histogram;
-use super::json;
 use super::median;
 use super::swarm::{self, Client};
+use crate::cmd::json;
 use crate::cmd::{finish, opt};
 
 const HELP: &str = "\

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use super::footprint::{self, Footprint};
-use super::json::{self, Obj};
 use super::limit::{Limit, Rate};
 use super::load::Outcome;
 use super::{median, Opts, Variant};
+use crate::cmd::json::{self, Obj};
 
 /// How a metric is shown in the text table.
 #[derive(Clone, Copy)]

@@ -1,5 +1,6 @@
-//! Just enough hand-written JSON for `bench --json`: one object, built
-//! field by field, no dependency.
+//! Just enough hand-written JSON for the commands' `--json` output
+//! (`bench` reports, `listen` event lines): objects built field by field,
+//! no dependency.
 
 use std::fmt::Write;
 
@@ -9,25 +10,24 @@ pub struct Obj {
     out: String,
 }
 
-/// A JSON string literal for `s`.
-pub fn string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// Appends `v` as a JSON string literal (RFC 8259 §7).
+fn push_string(out: &mut String, v: &str) {
     out.push('"');
-    for c in s.chars() {
+    for c in v.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+            // Legal raw in JSON, but not in JavaScript strings before ES2019.
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
         }
     }
     out.push('"');
-    out
 }
 
 /// A JSON number for `v` (`null` when it is not finite: JSON has no NaN).
@@ -58,13 +58,18 @@ impl Obj {
 
     /// Adds a field whose value is already JSON.
     pub fn raw(mut self, key: &str, value: String) -> Self {
+        self.key(key);
+        self.out.push_str(&value);
+        self
+    }
+
+    /// Starts a field: the separator, the key and the colon.
+    fn key(&mut self, key: &str) {
         if !self.out.is_empty() {
             self.out.push(',');
         }
-        self.out.push_str(&string(key));
+        push_string(&mut self.out, key);
         self.out.push(':');
-        self.out.push_str(&value);
-        self
     }
 
     /// Adds a number field.
@@ -78,8 +83,10 @@ impl Obj {
     }
 
     /// Adds a string field.
-    pub fn str(self, key: &str, v: &str) -> Self {
-        self.raw(key, string(v))
+    pub fn str(mut self, key: &str, v: &str) -> Self {
+        self.key(key);
+        push_string(&mut self.out, v);
+        self
     }
 
     /// Adds a boolean field.
